@@ -1,0 +1,242 @@
+"""Accounts and API keys: creation, rotation, revocation and request authentication."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+
+from genplane.accounts.keys import (
+    hash_key,
+    ip_allowed,
+    key_region,
+    new_key,
+    normalise_allowlist,
+    visible_prefix,
+)
+from genplane.clock import as_utc, utcnow
+from genplane.db.engine import Database
+from genplane.db.models import Account, ApiKey
+from genplane.errors import ApiError
+from genplane.ids import new_id
+from genplane.settings import Settings
+
+
+@dataclass(frozen=True)
+class AuthContext:
+    """Who is calling: everything a handler may know about the key, never the key itself."""
+
+    account_id: str
+    key_id: str
+    key_name: str
+    key_prefix: str
+    scopes: frozenset[str]
+    plan: str
+    key_created_at: datetime
+    key_last_used_at: datetime | None
+    key_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: str
+    record: ApiKey
+
+
+async def create_account(
+    db: Database, name: str, email: str | None = None, *, personal: bool = True, credits_millis: int = 0
+) -> Account:
+    now = utcnow()
+    account = Account(
+        id=new_id(),
+        name=name,
+        email=email,
+        is_personal=personal,
+        picture_url=None,
+        plan="standard",
+        balance_millis=0,
+        subscription_status="active",
+        cancel_at_period_end=False,
+        currency="USD",
+        period_starts_at=now,
+        period_ends_at=now + timedelta(days=30),
+        created_at=now,
+        updated_at=now,
+        deleted_at=None,
+    )
+    async with db.write() as s:
+        s.add(account)
+    if credits_millis:
+        from genplane.credits.ledger import add_credits
+
+        await add_credits(db, account.id, credits_millis, note="initial credits")
+    return account
+
+
+async def delete_account(db: Database, account_id: str) -> bool:
+    async with db.write() as s:
+        res = await s.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.deleted_at.is_(None))
+            .values(deleted_at=utcnow())
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def list_accounts(db: Database, include_deleted: bool = False) -> list[Account]:
+    async with db.read() as s:
+        q = select(Account).order_by(Account.created_at)
+        if not include_deleted:
+            q = q.where(Account.deleted_at.is_(None))
+        return list((await s.scalars(q)).all())
+
+
+async def get_account(db: Database, account_id: str) -> Account | None:
+    async with db.read() as s:
+        return await s.get(Account, account_id)
+
+
+async def create_key(
+    db: Database,
+    settings: Settings,
+    account_id: str,
+    name: str,
+    scopes: list[str],
+    *,
+    expires_at: datetime | None = None,
+    allowed_ips: list[str] | None = None,
+    rotated_from_id: str | None = None,
+) -> IssuedKey:
+    if not 1 <= len(name) <= 100:
+        raise ValueError("a key name is 1 to 100 characters")
+    allowlist = normalise_allowlist(allowed_ips or [])
+    key = new_key(settings.region)
+    record = ApiKey(
+        id=new_id(),
+        account_id=account_id,
+        name=name,
+        prefix=visible_prefix(key),
+        key_hash=hash_key(key),
+        scopes=scopes,
+        allowed_ips=allowlist,
+        created_at=utcnow(),
+        last_used_at=None,
+        expires_at=expires_at,
+        revoked_at=None,
+        rotated_from_id=rotated_from_id,
+    )
+    async with db.write() as s:
+        if await s.get(Account, account_id) is None:
+            raise ValueError(f"no account {account_id}")
+        s.add(record)
+    return IssuedKey(key=key, record=record)
+
+
+async def list_keys(db: Database, account_id: str | None = None) -> list[ApiKey]:
+    async with db.read() as s:
+        q = select(ApiKey).order_by(ApiKey.created_at)
+        if account_id:
+            q = q.where(ApiKey.account_id == account_id)
+        return list((await s.scalars(q)).all())
+
+
+async def revoke_key(db: Database, key_id: str) -> bool:
+    async with db.write() as s:
+        res = await s.execute(
+            update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
+        )
+        return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours: int = 24) -> IssuedKey:
+    """Issue a successor with the same name, scopes and limits; the old key lives ``grace_hours`` more."""
+    if not 1 <= grace_hours <= 168:
+        raise ValueError("the grace period is 1 to 168 hours")
+    async with db.read() as s:
+        old = await s.get(ApiKey, key_id)
+    if old is None or old.revoked_at is not None:
+        raise ValueError(f"no active key {key_id}")
+    issued = await create_key(
+        db,
+        settings,
+        old.account_id,
+        old.name,
+        list(old.scopes),
+        expires_at=old.expires_at,
+        allowed_ips=list(old.allowed_ips),
+        rotated_from_id=old.id,
+    )
+    grace_end = utcnow() + timedelta(hours=grace_hours)
+    new_expiry = grace_end if old.expires_at is None else min(as_utc(old.expires_at), grace_end)
+    async with db.write() as s:
+        await s.execute(update(ApiKey).where(ApiKey.id == old.id).values(expires_at=new_expiry))
+    return issued
+
+
+class Authenticator:
+    """Turns a bearer token into an :class:`AuthContext` or the contract's error."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.settings = settings
+
+    async def authenticate(self, authorization: str | None, client_ip: str | None) -> AuthContext:
+        token = _bearer(authorization)
+        region = key_region(token)
+        if region is None:
+            raise ApiError("bse_invalid_api_key")
+        if region != self.settings.region:
+            host = self.settings.host_for_region(region)
+            raise ApiError(
+                "bse_region_mismatch",
+                f"This API key belongs to the {region} region; send it to https://{host}/v1.",
+                details={"key_region": region, "key_host": host},
+            )
+        async with self.db.read() as s:
+            row = (
+                await s.execute(
+                    select(ApiKey, Account)
+                    .join(Account, Account.id == ApiKey.account_id, isouter=True)
+                    .where(ApiKey.key_hash == hash_key(token))
+                )
+            ).first()
+        if row is None:
+            raise ApiError("bse_invalid_api_key")
+        key, account = row
+        now = utcnow()
+        if key.revoked_at is not None or (key.expires_at is not None and as_utc(key.expires_at) <= now):
+            raise ApiError("bse_invalid_api_key")
+        if account is None or account.deleted_at is not None:
+            raise ApiError("bse_account_not_found")
+        if not ip_allowed(client_ip, list(key.allowed_ips)):
+            raise ApiError("bse_ip_not_allowed")
+        last_used = key.last_used_at
+        if (
+            last_used is None
+            or (now - as_utc(last_used)).total_seconds() >= self.settings.key_touch_interval_seconds
+        ):
+            async with self.db.write() as s:
+                await s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+            last_used = now
+        return AuthContext(
+            account_id=key.account_id,
+            key_id=key.id,
+            key_name=key.name,
+            key_prefix=key.prefix,
+            scopes=frozenset(key.scopes),
+            plan=account.plan,
+            key_created_at=key.created_at,
+            key_last_used_at=last_used,
+            key_expires_at=key.expires_at,
+        )
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise ApiError("bse_authentication_required")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
+        raise ApiError("bse_authentication_required")
+    return token

@@ -1,0 +1,106 @@
+"""The FastAPI application: wiring, start-up and shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.responses import HTMLResponse
+
+from genplane import __version__
+from genplane.accounts.service import Authenticator
+from genplane.api.docs_page import render_docs
+from genplane.api.errors import install_error_handlers
+from genplane.api.files import router as files_router
+from genplane.api.middleware import EdgeMiddleware
+from genplane.api.openapi import build_openapi
+from genplane.api.ratelimit import RequestLimiter
+from genplane.api.routers import account, content, generate, library
+from genplane.api.services import Services
+from genplane.catalog.loader import load_catalog
+from genplane.db.engine import Database
+from genplane.db.migrate import upgrade
+from genplane.generations.service import GenerationService
+from genplane.jobs.worker import Worker
+from genplane.providers.base import ProviderAdapter
+from genplane.providers.registry import build_providers
+from genplane.settings import Settings, get_settings
+from genplane.storage.store import LocalFileStore
+from genplane.usage.recorder import UsageRecorder
+
+log = structlog.get_logger("genplane")
+
+
+def build_services(settings: Settings, providers: dict[str, ProviderAdapter] | None = None) -> Services:
+    db = Database(settings.resolved_database_url)
+    catalog = load_catalog(settings.catalog_dir)
+    store = LocalFileStore(settings.files_dir, settings.public_base_url)
+    adapters = providers if providers is not None else build_providers(settings)
+    worker = Worker(db, catalog, adapters, store, settings)
+    return Services(
+        settings=settings,
+        db=db,
+        catalog=catalog,
+        store=store,
+        providers=adapters,
+        worker=worker,
+        generations=GenerationService(db, settings, catalog, worker, store, adapters),
+        authenticator=Authenticator(db, settings),
+        limiter=RequestLimiter(settings),
+        usage=UsageRecorder(db, settings.usage_flush_interval_seconds),
+    )
+
+
+def create_app(
+    settings: Settings | None = None, providers: dict[str, ProviderAdapter] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upgrade(settings.resolved_database_url)
+        svc: Services = app.state.services
+        svc.usage.start()
+        if settings.run_worker:
+            await svc.worker.start()
+        log.info("genplane_started", region=settings.region, database=svc.db.url.split(":", 1)[0])
+        try:
+            yield
+        finally:
+            if settings.run_worker:
+                await svc.worker.stop()
+            await svc.usage.stop()
+            await svc.db.dispose()
+
+    app = FastAPI(
+        title="genplane API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.services = build_services(settings, providers)
+    install_error_handlers(app)
+    for module in (account, generate, content, library):
+        app.include_router(module.router)
+    app.include_router(files_router)
+    app.add_middleware(EdgeMiddleware)
+
+    spec: dict[str, Any] = {}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> dict[str, Any]:
+        if not spec:
+            spec.update(build_openapi(app))
+        return spec
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(render_docs(await openapi_json()))
+
+    return app

@@ -1,0 +1,72 @@
+"""The outermost layer: request ids, rate-limit headers, body-size guard, usage counting,
+and a last-resort 500 in the contract's shape for anything no handler caught."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from genplane.api.envelope import new_request_id
+from genplane.api.errors import render_error
+from genplane.errors import ApiError
+from genplane.generations.request import MAX_BODY_BYTES
+
+log = structlog.get_logger("genplane.api")
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        request_id = new_request_id()
+        state["request_id"] = request_id
+        services = scope["app"].state.services
+        started = False
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started, status
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers["X-Request-Id"] = request_id
+                rate = state.get("rate")
+                if rate is not None:
+                    for name, value in rate.headers().items():
+                        if name.lower() not in headers:
+                            headers[name] = value
+            await send(message)
+
+        request_headers = Headers(scope=scope)
+        try:
+            length = request_headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                err = ApiError("bse_payload_too_large") if length.isdigit() else ApiError("bse_invalid_input")
+                await render_error(state, services.settings.error_shape, request_headers, err)(
+                    scope, receive, send_wrapper
+                )
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            log.error("unhandled_error", request_id=request_id, path=scope.get("path"), error=repr(exc))
+            if not started:
+                response = render_error(
+                    state, services.settings.error_shape, request_headers, ApiError("bse_internal_error")
+                )
+                await response(scope, receive, send_wrapper)
+        finally:
+            auth = state.get("auth")
+            route = scope.get("route")
+            if auth is not None and route is not None:
+                endpoint = f"{scope['method']} {getattr(route, 'path', scope.get('path'))}"
+                services.usage.record(auth.account_id, endpoint, status, state.get("error_name"))

@@ -1,0 +1,164 @@
+"""Operations 5-7: estimate, and create an image or a video generation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from starlette.responses import Response
+
+from genplane.accounts.scopes import Scope
+from genplane.accounts.service import AuthContext
+from genplane.api.deps import require, services
+from genplane.api.responses import errors, ok
+from genplane.api.schemas import CreateData, Envelope, EstimateData
+from genplane.catalog.pricing import unit_price_millis
+from genplane.credits.ledger import balance_millis, to_credits
+from genplane.errors import ApiError
+from genplane.generations.idempotency import check_key
+from genplane.generations.request import MAX_BODY_BYTES
+
+router = APIRouter(prefix="/v1")
+ModelId = Annotated[str, Path(description="Model identifier with its slash, e.g. bfl/flux-schnell.")]
+
+
+async def read_body(request: Request) -> bytes:
+    """Read at most MAX_BODY_BYTES, also when no Content-Length was sent."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError("bse_payload_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _create(
+    request: Request, auth: AuthContext, media: str, model_identifier: str, idempotency_key: str | None
+) -> Response:
+    key = check_key(idempotency_key) if idempotency_key is not None else None
+    raw = await read_body(request)
+    result = await services(request).generations.create(
+        auth,
+        media,
+        model_identifier,
+        raw,
+        path=request.url.path,
+        idempotency_key=key,
+        request_id=request.state.request_id,
+    )
+    headers = {}
+    if result.replayed:
+        headers["Idempotency-Replayed"] = "true"
+    return Response(
+        result.body, status_code=result.status_code, media_type="application/json", headers=headers
+    )
+
+
+_CREATE_ERRORS = errors(400, 402, 409, 413, 422)
+# The body is read and checked by the service (size cap, then the chosen model's rules),
+# so it is declared for the OpenAPI document only.
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
+    }
+}
+IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+Writer = Annotated[AuthContext, Depends(require(Scope.GENERATION_WRITE))]
+
+
+@router.post(
+    "/generate/image/{model_identifier:path}",
+    response_model=Envelope[CreateData],
+    responses=_CREATE_ERRORS,
+    operation_id="generateImage",
+    openapi_extra=_BODY_DOC,
+)
+async def generate_image(
+    request: Request, auth: Writer, model_identifier: ModelId, idempotency_key: IdemKey = None
+) -> Response:
+    return await _create(request, auth, "image", model_identifier, idempotency_key)
+
+
+@router.post(
+    "/generate/video/{model_identifier:path}",
+    response_model=Envelope[CreateData],
+    responses=_CREATE_ERRORS,
+    operation_id="generateVideo",
+    openapi_extra=_BODY_DOC,
+)
+async def generate_video(
+    request: Request, auth: Writer, model_identifier: ModelId, idempotency_key: IdemKey = None
+) -> Response:
+    return await _create(request, auth, "video", model_identifier, idempotency_key)
+
+
+@router.get(
+    "/estimate/{model_identifier:path}",
+    response_model=Envelope[EstimateData],
+    responses=errors(400, 422),
+    operation_id="estimateCost",
+)
+async def estimate(
+    request: Request,
+    auth: Annotated[AuthContext, Depends(require(Scope.LIBRARY_READ))],
+    model_identifier: ModelId,
+    count: Annotated[int, Query(description="Outputs or generations; clamped to 1..100.")] = 1,
+    duration: Annotated[int | None, Query(ge=1, le=600, description="Video seconds.")] = None,
+    resolution: Annotated[str | None, Query(max_length=20)] = None,
+    audio: Annotated[bool, Query()] = False,
+) -> object:
+    svc = services(request)
+    model = svc.catalog.models.get(model_identifier)
+    if model is None:
+        raise ApiError("bse_model_not_found", f"Unknown model '{model_identifier}'.")
+    count = min(max(count, 1), 100)
+    schema = model.schema_
+    data: dict[str, object] = {
+        "model_identifier": model.model_identifier,
+        "model_type": model.model_type,
+        "assets_count": count,
+    }
+    if model.model_type == "video":
+        durations = schema.generation_duration or []
+        seconds = duration if duration is not None else durations[0]
+        if seconds not in durations:
+            raise ApiError(
+                "bse_parameter_out_of_range",
+                f"duration={seconds} is not one of {durations}.",
+                details={"field": "duration", "allowed": durations},
+            )
+        res = resolution or (schema.generation_resolution or [""])[0]
+        if res not in (schema.generation_resolution or []):
+            raise ApiError(
+                "bse_parameter_out_of_range",
+                f"resolution={res!r} is not supported.",
+                details={"field": "resolution", "allowed": schema.generation_resolution},
+            )
+        if audio and not schema.generation_generate_audio:
+            raise ApiError(
+                "bse_unsupported_parameter", "This model has no audio option.", details={"field": "audio"}
+            )
+        per_second = unit_price_millis(model, res, audio)
+        per_generation = per_second * seconds
+        data.update(cost_per_second=to_credits(per_second), duration_seconds=seconds, resolution=res)
+    else:
+        if duration is not None or resolution is not None or audio:
+            raise ApiError(
+                "bse_unsupported_parameter",
+                "duration, resolution and audio apply to video models.",
+                details={"field": "duration" if duration is not None else "resolution"},
+            )
+        per_generation = unit_price_millis(model)
+    balance = await balance_millis(svc.db, auth.account_id)
+    total = per_generation * count
+    data.update(
+        cost_per_generation=to_credits(per_generation),
+        cost_total_consumed=to_credits(total),
+        credit_balance=to_credits(balance),
+        credit_balance_can_afford=balance >= total,
+        credit_balance_max_affordable=(balance // per_generation) if per_generation else None,
+    )
+    return ok(request, data)

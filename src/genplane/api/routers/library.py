@@ -1,0 +1,186 @@
+"""Operations 12-17: the library (catalogue) and live health checks."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from genplane.accounts.scopes import Scope
+from genplane.accounts.service import AuthContext
+from genplane.api.deps import require, services
+from genplane.api.responses import errors, ok
+from genplane.api.schemas import (
+    Envelope,
+    HealthCacheData,
+    HealthModelsData,
+    HealthProvidersData,
+    HealthStorageData,
+    ModelsData,
+    ProvidersData,
+)
+from genplane.catalog.loader import ModelEntry
+from genplane.providers.health import provider_health
+
+router = APIRouter(prefix="/v1")
+Library = Annotated[AuthContext, Depends(require(Scope.LIBRARY_READ))]
+Health = Annotated[AuthContext, Depends(require(Scope.HEALTH_READ))]
+
+
+def _schema(model: ModelEntry) -> dict[str, Any]:
+    schema = model.schema_.model_dump(exclude_none=True)
+    if not model.schema_.generation_input_file_last_content:
+        schema.pop("generation_input_file_last_content", None)
+    return schema
+
+
+@router.get(
+    "/library/providers",
+    response_model=Envelope[ProvidersData],
+    responses=errors(),
+    operation_id="listProviders",
+)
+async def library_providers(request: Request, auth: Library) -> object:
+    svc = services(request)
+    out = []
+    for p in svc.catalog.providers.values():
+        adapter = svc.providers.get(p.provider_id)
+        impl = p.implementation
+        out.append(
+            {
+                "provider_id": p.provider_id,
+                "provider_name": p.provider_name,
+                "provider_description": p.provider_description,
+                "provider_website": p.provider_website,
+                "provider_docs": p.provider_docs,
+                "provider_status": "active"
+                if adapter is not None and adapter.configured()
+                else "unavailable",
+                "babysea_implementation": {
+                    "delivery_method": impl.delivery_method,
+                    "cancel_method": impl.cancel_method,
+                    "webhook_verification": impl.webhook_verification,
+                    "error_mapping": "bse_error_codes",
+                    "cost_tracking": "per_generation_usd",
+                    "schema_conversion": "unified_to_native",
+                    "failover_strategy": impl.failover_strategy,
+                    "health_monitoring": impl.health_monitoring,
+                    "supported_media_types": list(impl.supported_media_types),
+                    "supported_models_total": len(svc.catalog.models_of_provider(p.provider_id)),
+                },
+            }
+        )
+    return ok(request, {"providers": out, "providers_total": len(out)})
+
+
+@router.get(
+    "/library/models", response_model=Envelope[ModelsData], responses=errors(), operation_id="listModels"
+)
+async def library_models(request: Request, auth: Library) -> object:
+    models = [
+        {
+            "model_type": m.model_type,
+            "model_identifier": m.model_identifier,
+            "model_pricing": m.model_pricing,
+            "model_supported_provider": list(m.providers),
+            "schema": _schema(m),
+            "specific_schema": list(m.specific_schema),
+        }
+        for m in services(request).catalog.models.values()
+    ]
+    return ok(request, {"models": models, "models_total": len(models)})
+
+
+@router.get(
+    "/health/inference/providers",
+    response_model=Envelope[HealthProvidersData],
+    responses=errors(),
+    operation_id="healthProviders",
+)
+async def health_providers(request: Request, auth: Health) -> object:
+    svc = services(request)
+    ids = list(svc.catalog.providers)
+    rows = await provider_health(svc.db, ids)
+    for row in rows:
+        adapter = svc.providers.get(row["provider"])
+        if adapter is None or not adapter.configured():
+            row["status"] = "unknown"
+    healthy = any(
+        r["status"] in ("healthy", "unknown") and svc.providers.get(r["provider"]) is not None for r in rows
+    )
+    return ok(
+        request, {"service": "providers", "healthy": healthy, "providers": rows, "providers_total": len(rows)}
+    )
+
+
+@router.get(
+    "/health/inference/models",
+    response_model=Envelope[HealthModelsData],
+    responses=errors(),
+    operation_id="healthModels",
+)
+async def health_models(request: Request, auth: Health) -> object:
+    svc = services(request)
+    models = []
+    healthy = True
+    for m in svc.catalog.models.values():
+        providers: dict[str, dict[str, object]] = {}
+        for pid, binding in m.providers.items():
+            adapter = svc.providers.get(pid)
+            providers[pid] = {
+                "available": adapter is not None and adapter.configured(),
+                "raw_model_id": binding.model_id,
+            }
+        models.append(
+            {
+                "model_identifier": m.model_identifier,
+                "model_type": m.model_type,
+                "model_pricing": m.model_pricing,
+                "providers": providers,
+            }
+        )
+        healthy = healthy and any(p["available"] for p in providers.values())
+    return ok(
+        request, {"service": "models", "healthy": healthy, "models": models, "models_total": len(models)}
+    )
+
+
+@router.get(
+    "/health/storage",
+    response_model=Envelope[HealthStorageData],
+    responses=errors(),
+    operation_id="healthStorage",
+)
+async def health_storage(request: Request, auth: Health) -> object:
+    h = await services(request).store.health()
+    data: dict[str, Any] = {
+        "service": "storage",
+        "healthy": h.healthy,
+        "latency_ms": h.latency_ms,
+        "bucket": h.bucket,
+    }
+    if h.error:
+        data["error"] = h.error
+    return ok(request, data)
+
+
+@router.get(
+    "/health/cache", response_model=Envelope[HealthCacheData], responses=errors(), operation_id="healthCache"
+)
+async def health_cache(request: Request, auth: Health) -> object:
+    storage = services(request).limiter.storage
+    start = time.perf_counter()
+    error = None
+    try:
+        healthy = bool(await storage.check())
+    except Exception as exc:
+        healthy, error = False, str(exc)
+    data: dict[str, Any] = {
+        "service": "redis" if "redis" in type(storage).__name__.lower() else "memory",
+        "healthy": healthy,
+        "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+    }
+    if error:
+        data["error"] = error
+    return ok(request, data)

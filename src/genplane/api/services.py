@@ -1,0 +1,30 @@
+"""Everything a request handler may use, built once per app and kept on ``app.state``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from genplane.accounts.service import Authenticator
+from genplane.api.ratelimit import RequestLimiter
+from genplane.catalog.loader import Catalog
+from genplane.db.engine import Database
+from genplane.generations.service import GenerationService
+from genplane.jobs.worker import Worker
+from genplane.providers.base import ProviderAdapter
+from genplane.settings import Settings
+from genplane.storage.store import FileStore
+from genplane.usage.recorder import UsageRecorder
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    store: FileStore
+    providers: dict[str, ProviderAdapter]
+    worker: Worker
+    generations: GenerationService
+    authenticator: Authenticator
+    limiter: RequestLimiter
+    usage: UsageRecorder

@@ -1,0 +1,311 @@
+"""The ``genplane`` command: serve, initialise, and manage accounts, keys and credits."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from genplane.accounts import service as accounts
+from genplane.accounts.scopes import PRESETS, parse_scopes
+from genplane.catalog.loader import load_catalog
+from genplane.clock import as_utc, iso, utcnow
+from genplane.credits.ledger import add_credits, to_credits, to_millis
+from genplane.db.engine import Database
+from genplane.db.migrate import upgrade
+from genplane.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, help="genplane: execution control plane for generative media.")
+accounts_app = typer.Typer(no_args_is_help=True, help="Accounts.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys (shown once, stored as a hash).")
+credits_app = typer.Typer(no_args_is_help=True, help="Credits (1 credit = 1 USD).")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+console = Console()
+T = TypeVar("T")
+
+
+def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+
+    async def main() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await work(db, settings)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def parse_expiry(value: str | None) -> datetime | None:
+    """'30d', '12h' or an ISO 8601 date/time (UTC when no zone is given)."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"(\d+)([dh])", value.strip())
+    if match:
+        amount = int(match[1])
+        return utcnow() + (timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount))
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError as exc:
+        raise ValueError(f"--expires takes 30d, 12h or an ISO date, not {value!r}") from exc
+
+
+def parse_credits(value: str) -> int:
+    try:
+        amount = Decimal(value)
+    except InvalidOperation as exc:
+        raise ValueError(f"not an amount: {value!r}") from exc
+    if amount <= 0 or amount.as_tuple().exponent < -3:  # type: ignore[operator]
+        raise ValueError("credits are positive with at most three decimals")
+    return to_millis(amount)
+
+
+def _print_key(key: str, key_id: str, scopes: list[str]) -> None:
+    console.print(f"key id: {key_id}\nscopes: {', '.join(scopes)}")
+    console.print("API key (shown once, store it now):")
+    print(key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+) -> None:
+    """Serve the API (and, unless GENPLANE_RUN_WORKER=false, the worker) in one process."""
+    import uvicorn
+
+    from genplane.api.app import create_app
+    from genplane.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def init(
+    quickstart: Annotated[
+        bool, typer.Option(help="Create a default account (first run) and a fresh key.")
+    ] = False,
+) -> None:
+    """Create or upgrade the database; with --quickstart also print a ready full-access key."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        if not quickstart:
+            console.print("database is up to date")
+            return
+        existing = await accounts.list_accounts(db)
+        account = (
+            existing[0]
+            if existing
+            else await accounts.create_account(db, "Default account", credits_millis=to_millis("10"))
+        )
+        issued = await accounts.create_key(
+            db, settings, account.id, "quickstart", parse_scopes("full_access", None)
+        )
+        console.print(f"account: {account.id} ({account.name})")
+        _print_key(issued.key, issued.record.id, list(issued.record.scopes))
+
+    _run(work)
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Option(help="Account name.")],
+    email: Annotated[str | None, typer.Option(help="Contact e-mail.")] = None,
+    credits: Annotated[str, typer.Option(help="Starting credits, e.g. 25 or 0.5.")] = "0",
+    organization: Annotated[
+        bool, typer.Option(help="An organisation rather than a personal account.")
+    ] = False,
+) -> None:
+    """Create an account and print its id."""
+    millis = parse_credits(credits) if credits not in ("0", "0.0") else 0
+
+    async def work(db: Database, settings: Settings) -> None:
+        account = await accounts.create_account(
+            db, name, email, personal=not organization, credits_millis=millis
+        )
+        console.print(f"account created: {account.id}")
+
+    _run(work)
+
+
+@accounts_app.command("list")
+def accounts_list() -> None:
+    """List accounts with their balances."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        table = Table("account id", "name", "balance", "created", "deleted")
+        for a in await accounts.list_accounts(db, include_deleted=True):
+            table.add_row(
+                a.id,
+                a.name,
+                f"{to_credits(a.balance_millis):.3f}",
+                iso(a.created_at),
+                iso(a.deleted_at) or "",
+            )
+        console.print(table)
+
+    _run(work)
+
+
+@accounts_app.command("delete")
+def accounts_delete(account_id: str) -> None:
+    """Delete an account: its keys stop working at once (bse_account_not_found)."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        if not await accounts.delete_account(db, account_id):
+            raise _fail(f"no active account {account_id}")
+        console.print(f"account deleted: {account_id}")
+
+    _run(work)
+
+
+@keys_app.command("create")
+def keys_create(
+    account: Annotated[str, typer.Option(help="Account id.")],
+    name: Annotated[str, typer.Option(help="Key name (up to 100 characters).")] = "default",
+    preset: Annotated[str | None, typer.Option(help=f"One of: {', '.join(PRESETS)}.")] = None,
+    scope: Annotated[list[str] | None, typer.Option(help="A scope; repeat for several.")] = None,
+    expires: Annotated[str | None, typer.Option(help="30d, 12h or an ISO date.")] = None,
+    allow_ip: Annotated[list[str] | None, typer.Option(help="Allowed IP or CIDR; repeat (up to 50).")] = None,
+) -> None:
+    """Create a key and print it once."""
+    try:
+        scopes = parse_scopes(preset or (None if scope else "full_access"), scope)
+        expires_at = parse_expiry(expires)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def work(db: Database, settings: Settings) -> None:
+        try:
+            issued = await accounts.create_key(
+                db, settings, account, name, scopes, expires_at=expires_at, allowed_ips=allow_ip or []
+            )
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        _print_key(issued.key, issued.record.id, scopes)
+
+    _run(work)
+
+
+@keys_app.command("list")
+def keys_list(account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None) -> None:
+    """List keys by prefix (the full key is never stored)."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        table = Table("key id", "account", "name", "prefix", "scopes", "expires", "state")
+        now = utcnow()
+        for k in await accounts.list_keys(db, account):
+            expired = k.expires_at is not None and as_utc(k.expires_at) <= now
+            state = "revoked" if k.revoked_at else "expired" if expired else "active"
+            table.add_row(
+                k.id, k.account_id, k.name, k.prefix + "…", ",".join(k.scopes), iso(k.expires_at) or "", state
+            )
+        console.print(table)
+
+    _run(work)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key at once."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        if not await accounts.revoke_key(db, key_id):
+            raise _fail(f"no active key {key_id}")
+        console.print(f"key revoked: {key_id}")
+
+    _run(work)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    grace_hours: Annotated[int, typer.Option(help="Hours the old key keeps working (1-168).")] = 24,
+) -> None:
+    """Issue a successor key; the old one works for the grace period, then expires."""
+
+    async def work(db: Database, settings: Settings) -> None:
+        try:
+            issued = await accounts.rotate_key(db, settings, key_id, grace_hours)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"old key {key_id} expires in {grace_hours} h")
+        _print_key(issued.key, issued.record.id, list(issued.record.scopes))
+
+    _run(work)
+
+
+@credits_app.command("add")
+def credits_add(
+    account: Annotated[str, typer.Option(help="Account id.")],
+    amount: Annotated[str, typer.Argument(help="Credits to add, e.g. 10 or 2.5.")],
+    note: Annotated[str | None, typer.Option(help="Ledger note.")] = None,
+) -> None:
+    """Add credits (a ledger 'add' row) and print the new balance."""
+    try:
+        millis = parse_credits(amount)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def work(db: Database, settings: Settings) -> None:
+        try:
+            balance = await add_credits(db, account, millis, note)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"balance: {to_credits(balance):.3f}")
+
+    _run(work)
+
+
+@app.command()
+def models() -> None:
+    """List the model catalogue and which providers are available here."""
+    from genplane.providers.registry import build_providers
+
+    settings = get_settings()
+    catalog = load_catalog(settings.catalog_dir)
+    adapters = build_providers(settings)
+    table = Table("model", "type", "pricing", "providers (available*)")
+    for m in catalog.models.values():
+        names = [f"{p}*" if p in adapters and adapters[p].configured() else p for p in m.providers]
+        table.add_row(m.model_identifier, m.model_type, str(m.model_pricing), ", ".join(names))
+    console.print(table)
+
+
+@app.command()
+def openapi() -> None:
+    """Print the OpenAPI 3.0.3 document (the committed openapi.yaml is this output)."""
+    import tempfile
+    from pathlib import Path
+
+    from genplane.api.app import create_app
+    from genplane.api.openapi import build_openapi, to_yaml
+
+    with tempfile.TemporaryDirectory() as scratch:  # the document must not depend on local data
+        app = create_app(get_settings().model_copy(update={"data_dir": Path(scratch)}))
+        print(to_yaml(build_openapi(app)), end="")

@@ -1,0 +1,127 @@
+"""The credit ledger.
+
+Every movement of money is one row with the balance after it, written in the same
+transaction as the balance change. A reservation is a conditional decrement
+(``balance >= cost``), which is atomic on SQLite and PostgreSQL alike, so concurrent
+requests can never drive a balance below zero. Settlement (charge or refund) flips
+``generations.credits_settled`` from false to true first: only the transaction that
+wins that flip writes money, so a retried or crashed worker settles at most once,
+and a unique index on (generation_id, kind) backs that up in the database.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from genplane.clock import utcnow
+from genplane.db.engine import Database
+from genplane.db.models import Account, Generation, LedgerEntry
+from genplane.errors import ApiError
+
+MILLIS_PER_CREDIT = 1000
+
+
+def to_millis(credits: Decimal | float | str) -> int:
+    return int((Decimal(str(credits)) * MILLIS_PER_CREDIT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def to_credits(millis: int) -> float:
+    """Three-decimal credits for the wire (a JSON number, as the contract shows)."""
+    return round(millis / MILLIS_PER_CREDIT, 3)
+
+
+async def _entry(
+    s: AsyncSession,
+    account_id: str,
+    generation_id: str | None,
+    kind: str,
+    amount: int,
+    balance: int,
+    note: str | None = None,
+) -> None:
+    s.add(
+        LedgerEntry(
+            account_id=account_id,
+            generation_id=generation_id,
+            kind=kind,
+            amount_millis=amount,
+            balance_after_millis=balance,
+            note=note,
+            created_at=utcnow(),
+        )
+    )
+
+
+async def add_credits(db: Database, account_id: str, millis: int, note: str | None = None) -> int:
+    if millis <= 0:
+        raise ValueError("the amount to add must be positive")
+    async with db.write() as s:
+        balance = (
+            await s.execute(
+                update(Account)
+                .where(Account.id == account_id)
+                .values(balance_millis=Account.balance_millis + millis, updated_at=utcnow())
+                .returning(Account.balance_millis)
+            )
+        ).scalar_one_or_none()
+        if balance is None:
+            raise ValueError(f"no account {account_id}")
+        await _entry(s, account_id, None, "add", millis, balance, note)
+        return int(balance)
+
+
+async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: int) -> int:
+    """Take ``millis`` from the balance inside the caller's transaction, or refuse."""
+    balance = (
+        await s.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.balance_millis >= millis)
+            .values(balance_millis=Account.balance_millis - millis, updated_at=utcnow())
+            .returning(Account.balance_millis)
+        )
+    ).scalar_one_or_none()
+    if balance is None:
+        current = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
+        raise ApiError(
+            "bse_insufficient_credits",
+            f"This request costs {to_credits(millis):.3f} credits; "
+            f"the balance is {to_credits(current or 0):.3f}.",
+            details={"required": to_credits(millis), "balance": to_credits(current or 0)},
+        )
+    await _entry(s, account_id, generation_id, "reserve", millis, balance)
+    return int(balance)
+
+
+async def settle(s: AsyncSession, generation: Generation, kind: Literal["charge", "refund"]) -> bool:
+    """Charge or refund a generation's reservation once; False when it was already settled."""
+    won = await s.execute(
+        update(Generation)
+        .where(Generation.id == generation.id, Generation.credits_settled.is_(False))
+        .values(credits_settled=True)
+    )
+    if not won.rowcount:  # type: ignore[attr-defined]
+        return False
+    amount = generation.cost_millis
+    if kind == "refund" and amount:
+        balance = (
+            await s.execute(
+                update(Account)
+                .where(Account.id == generation.account_id)
+                .values(balance_millis=Account.balance_millis + amount, updated_at=utcnow())
+                .returning(Account.balance_millis)
+            )
+        ).scalar_one()
+    else:
+        current = await s.scalar(select(Account.balance_millis).where(Account.id == generation.account_id))
+        balance = int(current or 0)
+    await _entry(s, generation.account_id, generation.id, kind, amount, int(balance))
+    return True
+
+
+async def balance_millis(db: Database, account_id: str) -> int:
+    async with db.read() as s:
+        return int(await s.scalar(select(Account.balance_millis).where(Account.id == account_id)) or 0)

@@ -1,0 +1,50 @@
+"""The contract's generation record, built from a row in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genplane.clock import iso
+from genplane.db.models import Generation
+
+
+def output_urls(gen: Generation) -> list[str] | None:
+    if not gen.output_files:
+        return None
+    return [f["url"] for f in gen.output_files]
+
+
+def to_record(gen: Generation) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "account_id": gen.account_id,
+        "generation_id": gen.id,
+        "model_identifier": gen.model_identifier,
+        "generation_status": gen.status,
+        "generation_provider_order": list(gen.provider_order),
+        "generation_provider_used": gen.provider_used,
+        "generation_prediction_id": gen.prediction_id,
+        "generation_prompt": gen.prompt,
+        "generation_ratio": gen.ratio,
+        "generation_output_format": gen.output_format,
+        "generation_output_number": gen.output_number,
+        "generation_input_file": gen.input_file,
+        "generation_output_file": output_urls(gen),
+        "generation_created_at": iso(gen.created_at),
+        "generation_started_at": iso(gen.started_at),
+        "generation_completed_at": iso(gen.completed_at),
+        "generation_metrics_total_time": gen.metrics_total_time,
+        "generation_metrics_predict_time": gen.metrics_predict_time,
+    }
+    if gen.input_file_last_content is not None:
+        record["generation_input_file_last_content"] = gen.input_file_last_content
+    record.update(gen.specific or {})
+    if gen.model_type == "video":
+        record["generation_duration"] = gen.duration
+        record["generation_resolution"] = gen.resolution
+        record["generation_generate_audio"] = gen.generate_audio
+    if gen.status == "failed":
+        record["generation_error"] = gen.error
+        record["generation_error_code"] = gen.error_code
+        if gen.provider_errors:
+            record["provider_errors"] = gen.provider_errors
+    return record

@@ -1,0 +1,229 @@
+"""Generation rules: create (validate, price, reserve, record, dispatch), read, cancel, delete."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+
+from genplane.accounts.service import AuthContext
+from genplane.api.envelope import dumps, success_body
+from genplane.catalog.loader import Catalog
+from genplane.catalog.pricing import generation_cost_millis
+from genplane.clock import as_utc, utcnow
+from genplane.credits.ledger import reserve, settle
+from genplane.db.engine import Database
+from genplane.db.models import Generation
+from genplane.errors import ApiError
+from genplane.generations import idempotency
+from genplane.generations import repository as repo
+from genplane.generations.record import to_record
+from genplane.generations.request import check_generation
+from genplane.ids import new_id
+from genplane.jobs.worker import Worker
+from genplane.providers.base import ProviderAdapter
+from genplane.settings import Settings
+from genplane.storage.store import FileStore
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    status_code: int
+    body: bytes
+    replayed: bool
+
+
+class GenerationService:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        catalog: Catalog,
+        worker: Worker,
+        store: FileStore,
+        providers: dict[str, ProviderAdapter],
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.catalog = catalog
+        self.worker = worker
+        self.store = store
+        self.providers = providers
+
+    async def create(
+        self,
+        auth: AuthContext,
+        media: str,
+        model_identifier: str,
+        raw: bytes,
+        *,
+        path: str,
+        idempotency_key: str | None,
+        request_id: str,
+    ) -> CreateResult:
+        req = check_generation(self.catalog, media, model_identifier, raw)
+        cost = generation_cost_millis(
+            req.model,
+            outputs=req.output_number,
+            duration=req.duration,
+            resolution=req.resolution,
+            audio=bool(req.generate_audio),
+        )
+        if idempotency_key is not None:
+            replay = await idempotency.begin(
+                self.db,
+                self.settings,
+                auth.account_id,
+                idempotency_key,
+                idempotency.request_fingerprint("POST", path, raw),
+            )
+            if replay is not None:
+                return CreateResult(replay.status_code, replay.body, True)
+        now = utcnow()
+        gen = Generation(
+            id=new_id(),
+            account_id=auth.account_id,
+            model_identifier=req.model.model_identifier,
+            model_type=req.model.model_type,
+            status="pending",
+            provider_order=req.provider_order,
+            provider_used=None,
+            prediction_id=new_id(),
+            prompt=req.prompt,
+            ratio=req.ratio,
+            output_format=req.output_format,
+            output_number=req.output_number,
+            input_file=req.input_file,
+            input_file_last_content=req.input_file_last_content,
+            duration=req.duration,
+            resolution=req.resolution,
+            generate_audio=req.generate_audio,
+            specific=req.specific,
+            output_files=None,
+            error=None,
+            error_code=None,
+            provider_errors=None,
+            cost_millis=cost,
+            credits_settled=False,
+            created_at=now,
+            started_at=None,
+            completed_at=None,
+            metrics_total_time=None,
+            metrics_predict_time=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            claims=0,
+            provider_state=None,
+            updated_at=now,
+        )
+        data = {
+            "model_identifier": gen.model_identifier,
+            "generation_provider_order": gen.provider_order,
+            "generation_prediction_id": gen.prediction_id,
+            "generation_id": gen.id,
+            "generation_initialized": True,
+        }
+        body = dumps(success_body(request_id, data, "Generation initialized"))
+        try:
+            async with self.db.write() as s:
+                inflight = await s.scalar(
+                    select(func.count())
+                    .select_from(Generation)
+                    .where(Generation.account_id == auth.account_id, Generation.status.in_(repo.ACTIVE))
+                )
+                if (inflight or 0) >= self.settings.max_inflight_generations:
+                    raise ApiError(
+                        "bse_concurrency_limit_exceeded",
+                        f"{inflight} generations are in flight; the limit is "
+                        f"{self.settings.max_inflight_generations}.",
+                        details={"limit": self.settings.max_inflight_generations},
+                    )
+                s.add(gen)
+                await reserve(s, auth.account_id, gen.id, cost)
+                if idempotency_key is not None:
+                    await idempotency.complete(s, auth.account_id, idempotency_key, 200, body)
+        except BaseException:
+            if idempotency_key is not None:
+                await idempotency.release(self.db, auth.account_id, idempotency_key)
+            raise
+        self.worker.enqueue(gen.id)
+        return CreateResult(200, body, False)
+
+    async def _owned(self, account_id: str, generation_id: str) -> Generation:
+        async with self.db.read() as s:
+            gen = await s.get(Generation, generation_id)
+        if gen is None or gen.account_id != account_id:
+            raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
+        return gen
+
+    async def get(self, account_id: str, generation_id: str) -> dict[str, Any]:
+        return to_record(await self._owned(account_id, generation_id))
+
+    async def list(self, account_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        async with self.db.read() as s:
+            total = await s.scalar(
+                select(func.count()).select_from(Generation).where(Generation.account_id == account_id)
+            )
+            rows = await s.scalars(
+                select(Generation)
+                .where(Generation.account_id == account_id)
+                .order_by(Generation.created_at.desc(), Generation.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [to_record(g) for g in rows.all()], int(total or 0)
+
+    async def cancel(self, account_id: str, generation_id: str) -> dict[str, Any]:
+        now = utcnow()
+        async with self.db.write() as s:
+            gen = await s.get(Generation, generation_id)
+            if gen is None or gen.account_id != account_id:
+                raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
+            if gen.status in repo.TERMINAL:
+                raise ApiError(
+                    "bse_generation_not_cancelable",
+                    f"The generation is already {gen.status} and cannot be canceled.",
+                    details={"generation_status": gen.status},
+                )
+            won = await repo.finish(
+                s,
+                gen.id,
+                "canceled",
+                metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
+            )
+            if not won:  # finished between our read and our update
+                raise ApiError("bse_generation_not_cancelable")
+            refunded = await settle(s, gen, "refund")
+        sent = await self._cancel_upstream(gen)
+        return {
+            "generation_id": gen.id,
+            "generation_status": "canceled",
+            "provider_cancel_sent": sent,
+            "credits_refunded": refunded,
+        }
+
+    async def _cancel_upstream(self, gen: Generation) -> bool:
+        """Stop the work wherever it runs; True when a running provider job was told to stop."""
+        stopped_here = self.worker.cancel_local(gen.id)
+        state = gen.provider_state or {}
+        adapter = self.providers.get(str(state.get("provider", "")))
+        if adapter is None or not state.get("prediction_id"):
+            return stopped_here
+        try:
+            return await adapter.cancel(str(state["prediction_id"])) or stopped_here
+        except Exception:
+            return stopped_here
+
+    async def delete(self, account_id: str, generation_id: str) -> dict[str, Any]:
+        gen = await self._owned(account_id, generation_id)
+        if gen.status in repo.ACTIVE:
+            with contextlib.suppress(ApiError):
+                await self.cancel(account_id, generation_id)
+        files = await self.store.delete_generation(gen.id)
+        async with self.db.write() as s:
+            row = await s.get(Generation, gen.id)
+            if row is not None:
+                await s.delete(row)
+        return {"generation_id": gen.id, "files_deleted": files}

@@ -1,0 +1,1 @@
+"""Provider adapters that turn generation jobs into media bytes."""

@@ -1,0 +1,89 @@
+"""Runtime configuration.
+
+Every setting is an environment variable with the ``GENPLANE_`` prefix (or a line in
+a ``.env`` file) so one process image serves any deployment; the README lists them all.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Region = Literal["us", "eu", "jp"]
+REGIONS: tuple[Region, ...] = ("us", "eu", "jp")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENPLANE_", env_file=".env", extra="ignore")
+
+    region: Region = "us"
+    public_domain: str = Field(
+        "genplane.local", description="Hosts are api.<region>.<public_domain>; named in region errors."
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000", description="Base URL clients use; output file URLs are built on it."
+    )
+    data_dir: Path = Field(Path("./data"), description="Embedded database and stored output files.")
+    database_url: str = Field(
+        "", description="SQLAlchemy async URL; empty means SQLite in <data_dir>/genplane.db."
+    )
+    error_shape: Literal["auto", "flat", "nested"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    run_worker: bool = Field(True, description="Run the generation worker inside `serve`.")
+    worker_concurrency: int = Field(16, ge=1, le=4096)
+    lease_seconds: float = Field(
+        30.0, gt=0, description="How long a claimed job stays owned without a heartbeat."
+    )
+    sweep_interval_seconds: float = Field(5.0, gt=0)
+    max_job_claims: int = Field(3, ge=1, description="A job claimed this often without finishing is failed.")
+    local_provider_delay_seconds: float = Field(
+        0.0, ge=0, description="Artificial time the local provider spends per job (demos, tests)."
+    )
+
+    image_attempt_deadline_seconds: float = Field(
+        60.0, gt=0, description="Per-provider deadline for image jobs."
+    )
+    video_attempt_deadline_seconds: float = Field(
+        250.0, gt=0, description="Per-provider deadline for video jobs."
+    )
+    catalog_dir: Path | None = Field(
+        None,
+        description="Folder of extra catalogue *.yaml files; an identifier there replaces the packaged one.",
+    )
+
+    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per account per minute.")
+    auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications per IP per minute.")
+    max_inflight_generations: int = Field(50, ge=1, description="Non-terminal generations per account.")
+    idempotency_ttl_hours: int = 24
+    idempotency_stale_seconds: float = Field(
+        120.0, gt=0, description="An unfinished idempotency claim older than this is abandoned."
+    )
+    key_touch_interval_seconds: float = Field(
+        60.0, ge=0, description="apikey_last_used_at is written at most this often per key."
+    )
+    usage_flush_interval_seconds: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'genplane.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    def host_for_region(self, region: str) -> str:
+        return f"api.{region}.{self.public_domain}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,161 @@
+"""Shared fixtures: a real app (lifespan, worker, SQLite in a temp dir) driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from genplane.accounts import service as accounts
+from genplane.accounts.scopes import parse_scopes
+from genplane.api.app import create_app
+from genplane.api.services import Services
+from genplane.credits.ledger import to_millis
+from genplane.settings import Settings
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "rate_limit_per_minute": 100_000,
+        "auth_failures_per_minute": 100_000,
+        "key_touch_interval_seconds": 0,
+        "sweep_interval_seconds": 0.2,
+        "usage_flush_interval_seconds": 0.2,
+        "public_base_url": "http://testserver",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Caller:
+    """An account with one key, and shortcuts for calling the API as it."""
+
+    client: httpx.AsyncClient
+    account_id: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.get(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    async def post(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.post(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.client.delete(path, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    async def create_image(
+        self, body: dict[str, Any] | None = None, model: str = "local/preview-image", **kw: Any
+    ) -> httpx.Response:
+        return await self.post(
+            f"/v1/generate/image/{model}", json=body or {"generation_prompt": "a red fox"}, **kw
+        )
+
+    async def wait(self, generation_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll until the generation is terminal; returns the record."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = await self.get(f"/v1/content/{generation_id}")
+            assert r.status_code == 200, r.text
+            record: dict[str, Any] = r.json()["data"]
+            if record["generation_status"] in ("succeeded", "failed", "canceled"):
+                return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"generation still {record['generation_status']} after {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Harness:
+    app: FastAPI
+    services: Services
+    client: httpx.AsyncClient
+
+    async def caller(
+        self,
+        credits: str = "10",
+        preset: str | None = "full_access",
+        scopes: list[str] | None = None,
+        **key_kw: Any,
+    ) -> Caller:
+        svc = self.services
+        account = await accounts.create_account(
+            svc.db,
+            "Test account",
+            "test@example.com",
+            credits_millis=to_millis(credits) if credits != "0" else 0,
+        )
+        issued = await accounts.create_key(
+            svc.db,
+            svc.settings,
+            account.id,
+            "test key",
+            parse_scopes(None if scopes else preset, scopes),
+            **key_kw,
+        )
+        return Caller(self.client, account.id, issued.key, issued.record.id)
+
+    async def key_for(
+        self, caller: Caller, preset: str | None = None, scopes: list[str] | None = None, **key_kw: Any
+    ) -> Caller:
+        issued = await accounts.create_key(
+            self.services.db,
+            self.services.settings,
+            caller.account_id,
+            "extra",
+            parse_scopes(preset, scopes),
+            **key_kw,
+        )
+        return Caller(self.client, caller.account_id, issued.key, issued.record.id)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        return make_settings(tmp_path / "data", **overrides)
+
+    return factory
+
+
+@pytest.fixture
+async def harness_factory(settings_factory: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """Start apps with custom settings; each is shut down at the end of the test."""
+    stack: list[Any] = []
+
+    async def start(client_host: str = "127.0.0.1", **overrides: Any) -> Harness:
+        app = create_app(settings_factory(**overrides))
+        ctx = app.router.lifespan_context(app)
+        await ctx.__aenter__()
+        transport = httpx.ASGITransport(app=app, client=(client_host, 50000))
+        client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        stack.append((ctx, client))
+        return Harness(app, app.state.services, client)
+
+    yield start
+    for ctx, client in reversed(stack):
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def harness(harness_factory: Callable[..., Any]) -> Harness:
+    h: Harness = await harness_factory()
+    return h
+
+
+@pytest.fixture
+async def caller(harness: Harness) -> Caller:
+    return await harness.caller()

@@ -1,0 +1,43 @@
+"""Alembic migrations produce exactly the schema the models declare."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine
+
+from genplane.db.migrate import upgrade
+from genplane.db.models import Base
+
+
+def test_migrations_match_models(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    upgrade(f"sqlite+aiosqlite:///{db}")
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url)
+    con = sqlite3.connect(db)
+    con.execute(
+        "INSERT INTO accounts (id, name, is_personal, plan, balance_millis, subscription_status, "
+        "cancel_at_period_end, currency, period_starts_at, period_ends_at, created_at, updated_at) "
+        "VALUES ('a', 'n', 1, 'standard', 5, 'active', 0, 'USD', '2026-01-01', '2026-02-01', "
+        "'2026-01-01', '2026-01-01')"
+    )
+    con.commit()
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT balance_millis FROM accounts WHERE id='a'").fetchone() == (5,)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+    con.close()
