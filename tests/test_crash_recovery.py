@@ -115,11 +115,11 @@ def _statuses(data_dir: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT id, status FROM generations").fetchall())
 
 
-def _wait_until_processing(client: httpx.Client, ids: list[str]) -> None:
+def _wait_until_processing(client: httpx.Client, ids: list[str], every: bool = False) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        states = {client.get(f"/content/{gid}").json()["data"]["generation_status"] for gid in ids}
-        if "processing" in states:
+        states = [client.get(f"/content/{gid}").json()["data"]["generation_status"] for gid in ids]
+        if (all if every else any)(s == "processing" for s in states):
             return
         time.sleep(0.05)
     raise AssertionError("no generation reached processing")
@@ -185,7 +185,7 @@ def test_job_interrupted_too_often_is_failed_and_refunded(server: Server) -> Non
     server.start(GENPLANE_LOCAL_PROVIDER_DELAY_SECONDS="30", GENPLANE_MAX_JOB_CLAIMS="1")
     with _client(server, key) as client:
         ids = _create(client, 2)
-        _wait_until_processing(client, ids)
+        _wait_until_processing(client, ids, every=True)
     server.kill()
 
     server.start(GENPLANE_LOCAL_PROVIDER_DELAY_SECONDS="30", GENPLANE_MAX_JOB_CLAIMS="1")

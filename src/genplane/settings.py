@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     key_touch_interval_seconds: float = Field(
         60.0, ge=0, description="apikey_last_used_at is written at most this often per key."
     )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a verified key is remembered; 0 reads it on every request."
+    )
     usage_flush_interval_seconds: float = 1.0
     log_level: str = "INFO"
 

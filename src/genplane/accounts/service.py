@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
+from genplane.accounts.auth_cache import AuthCache, KeyState, forget
 from genplane.accounts.keys import (
     hash_key,
     ip_allowed,
@@ -81,7 +82,8 @@ async def delete_account(db: Database, account_id: str) -> bool:
             .where(Account.id == account_id, Account.deleted_at.is_(None))
             .values(deleted_at=utcnow())
         )
-        return bool(res.rowcount)  # type: ignore[attr-defined]
+    forget(account_id=account_id)
+    return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 async def list_accounts(db: Database, include_deleted: bool = False) -> list[Account]:
@@ -146,7 +148,8 @@ async def revoke_key(db: Database, key_id: str) -> bool:
         res = await s.execute(
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
-        return bool(res.rowcount)  # type: ignore[attr-defined]
+    forget(key_id=key_id)
+    return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours: int = 24) -> IssuedKey:
@@ -171,6 +174,7 @@ async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours:
     new_expiry = grace_end if old.expires_at is None else min(as_utc(old.expires_at), grace_end)
     async with db.write() as s:
         await s.execute(update(ApiKey).where(ApiKey.id == old.id).values(expires_at=new_expiry))
+    forget(key_id=old.id)
     return issued
 
 
@@ -180,6 +184,7 @@ class Authenticator:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self.cache = AuthCache(settings.auth_cache_seconds)
 
     async def authenticate(self, authorization: str | None, client_ip: str | None) -> AuthContext:
         token = _bearer(authorization)
@@ -193,42 +198,64 @@ class Authenticator:
                 f"This API key belongs to the {region} region; send it to https://{host}/v1.",
                 details={"key_region": region, "key_host": host},
             )
-        async with self.db.read() as s:
-            row = (
-                await s.execute(
-                    select(ApiKey, Account)
-                    .join(Account, Account.id == ApiKey.account_id, isouter=True)
-                    .where(ApiKey.key_hash == hash_key(token))
-                )
-            ).first()
-        if row is None:
-            raise ApiError("bse_invalid_api_key")
-        key, account = row
+        key_hash = hash_key(token)
+        state = self.cache.get(key_hash)
+        if state is None:
+            state = await self._load(key_hash)
+            self.cache.put(key_hash, state)
         now = utcnow()
-        if key.revoked_at is not None or (key.expires_at is not None and as_utc(key.expires_at) <= now):
+        if state.revoked or (state.expires_at is not None and as_utc(state.expires_at) <= now):
             raise ApiError("bse_invalid_api_key")
-        if account is None or account.deleted_at is not None:
+        if not state.account_active:
             raise ApiError("bse_account_not_found")
-        if not ip_allowed(client_ip, list(key.allowed_ips)):
+        if not ip_allowed(client_ip, list(state.allowed_ips)):
             raise ApiError("bse_ip_not_allowed")
-        last_used = key.last_used_at
+        last_used = state.last_used_at
         if (
             last_used is None
             or (now - as_utc(last_used)).total_seconds() >= self.settings.key_touch_interval_seconds
         ):
             async with self.db.write() as s:
-                await s.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+                await s.execute(update(ApiKey).where(ApiKey.id == state.key_id).values(last_used_at=now))
+            self.cache.touched(key_hash, now)
             last_used = now
         return AuthContext(
-            account_id=key.account_id,
-            key_id=key.id,
-            key_name=key.name,
-            key_prefix=key.prefix,
-            scopes=frozenset(key.scopes),
-            plan=account.plan,
-            key_created_at=key.created_at,
+            account_id=state.account_id,
+            key_id=state.key_id,
+            key_name=state.name,
+            key_prefix=state.prefix,
+            scopes=state.scopes,
+            plan=state.plan,
+            key_created_at=state.created_at,
             key_last_used_at=last_used,
-            key_expires_at=key.expires_at,
+            key_expires_at=state.expires_at,
+        )
+
+    async def _load(self, key_hash: str) -> KeyState:
+        async with self.db.read() as s:
+            row = (
+                await s.execute(
+                    select(ApiKey, Account)
+                    .join(Account, Account.id == ApiKey.account_id, isouter=True)
+                    .where(ApiKey.key_hash == key_hash)
+                )
+            ).first()
+        if row is None:
+            raise ApiError("bse_invalid_api_key")
+        key, account = row
+        return KeyState(
+            key_id=key.id,
+            account_id=key.account_id,
+            name=key.name,
+            prefix=key.prefix,
+            scopes=frozenset(key.scopes),
+            allowed_ips=tuple(key.allowed_ips),
+            created_at=key.created_at,
+            last_used_at=key.last_used_at,
+            expires_at=key.expires_at,
+            revoked=key.revoked_at is not None,
+            plan=account.plan if account is not None else "",
+            account_active=account is not None and account.deleted_at is None,
         )
 
 
