@@ -2,22 +2,28 @@
 
 SQLite allows one writer at a time and fails a deferred transaction that tries to
 upgrade its lock, so on SQLite every write transaction starts with BEGIN IMMEDIATE
-and in-process writers queue on an asyncio lock instead of spinning on
-``database is locked``. Readers use a separate engine and never wait for writers
-(WAL). On PostgreSQL both paths are the same pooled engine.
+and in-process writers queue on an asyncio lock. On PostgreSQL both paths are the
+same pooled engine.
 
-SQLite reads run inline on the event loop instead of on aiosqlite's per-connection
-thread. A primary-key read costs microseconds in SQLite itself but about a millisecond
-through the thread hand-offs, which capped a polling endpoint near a thousand requests
-per second. A WAL reader never waits for a writer, so an inline read does not stall
-the loop; writes keep the thread, because BEGIN IMMEDIATE may have to wait for
-another process's write lock.
+SQLite statements run inline on the event loop instead of on aiosqlite's
+per-connection thread: a primary-key read costs microseconds in SQLite itself but
+about a millisecond through the thread hand-offs, which capped polling near a thousand
+requests per second and creates near two hundred. Inline is safe only if the loop
+never waits inside SQLite, so:
+
+- a WAL reader never waits for a writer;
+- a writer asks for the lock without SQLite's busy wait and, when another process
+  (the CLI) holds it, retries after an ``asyncio.sleep`` for up to ``busy_seconds``;
+- automatic checkpoints are off on our connections (a checkpoint syncs the database
+  file); a background thread checkpoints the WAL after writes instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -25,7 +31,10 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 
 class _InlineConnection(aiosqlite.Connection):
@@ -54,31 +63,23 @@ class _InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
-def _sqlite_connector(path: str, inline: bool) -> Callable[[], Any]:
+def _sqlite_engine(url: str, path: str, begin: str, busy_timeout_ms: int) -> AsyncEngine:
     # isolation_level=None takes transaction control away from the driver, so BEGIN is ours.
-    connect = partial(sqlite3.connect, path, timeout=30, isolation_level=None, check_same_thread=False)
+    connect = partial(sqlite3.connect, path, isolation_level=None, check_same_thread=False)
 
     async def creator() -> aiosqlite.Connection:
-        conn = _InlineConnection(connect, 64) if inline else aiosqlite.Connection(connect, 64)
-        if not inline:
-            conn._thread.daemon = True
-        return await conn
+        conn: aiosqlite.Connection = await _InlineConnection(connect, 64)
+        return conn
 
-    return creator
-
-
-def _sqlite_engine(url: str, begin: str, inline: bool) -> AsyncEngine:
-    path = make_url(url).database or ":memory:"
-    engine = create_async_engine(
-        url, async_creator=_sqlite_connector(path, inline), pool_size=8, max_overflow=8
-    )
+    engine = create_async_engine(url, async_creator=creator, pool_size=8, max_overflow=8)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
+        cur.execute("PRAGMA wal_autocheckpoint=0")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -89,13 +90,61 @@ def _sqlite_engine(url: str, begin: str, inline: bool) -> AsyncEngine:
     return engine
 
 
+def _is_busy(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text
+
+
+class _Checkpointer:
+    """Moves the WAL into the database file off the event loop, shortly after writes."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def wrote(self) -> None:
+        self.dirty = True
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    def _checkpoint(self) -> None:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+            if self.dirty:
+                self.dirty = False
+                await asyncio.to_thread(self._checkpoint)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.dirty:
+            await asyncio.to_thread(self._checkpoint)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 class Database:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_seconds: float = 30.0) -> None:
         self.url = url
+        self.busy_seconds = busy_seconds
         self.is_sqlite = url.startswith("sqlite")
+        self._checkpointer: _Checkpointer | None = None
         if self.is_sqlite:
-            self.write_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", inline=False)
-            self.read_engine = _sqlite_engine(url, "BEGIN", inline=True)
+            path = make_url(url).database or ":memory:"
+            self.write_engine = _sqlite_engine(url, path, "BEGIN IMMEDIATE", busy_timeout_ms=0)
+            self.read_engine = _sqlite_engine(url, path, "BEGIN", busy_timeout_ms=2000)
+            self._checkpointer = _Checkpointer(path)
         else:
             self.write_engine = create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
             self.read_engine = self.write_engine
@@ -110,8 +159,32 @@ class Database:
             async with self._writes() as session, session.begin():
                 yield session
             return
-        async with self._write_lock, self._writes() as session, session.begin():
-            yield session
+        async with self._write_lock, self._writes() as session:
+            await self._begin_immediate(session)
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+            finally:
+                if self._checkpointer is not None:
+                    self._checkpointer.wrote()
+
+    async def _begin_immediate(self, session: AsyncSession) -> None:
+        """Take SQLite's write lock, yielding to the loop while another process holds it."""
+        deadline = time.monotonic() + self.busy_seconds
+        delay = 0.002
+        while True:
+            try:
+                await session.connection()
+                return
+            except OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                await session.rollback()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -119,6 +192,8 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.stop()
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
