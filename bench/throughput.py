@@ -50,9 +50,9 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
 
 
-def start_floor(port: int) -> subprocess.Popen[bytes]:
+def start_floor(port: int, app: str = "floor_app:app") -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(BIN / "uvicorn"), "--app-dir", str(Path(__file__).parent), "floor_app:app",
+        [str(BIN / "uvicorn"), "--app-dir", str(Path(__file__).parent), app,
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
     )
 
@@ -130,21 +130,25 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="Concurrent keep-alive connections.")
     args = parser.parse_args()
 
-    floor_port, gp_port = free_port(), free_port()
+    floor_port, fastapi_port, gp_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as scratch:
         env = genplane_env(Path(scratch) / "data", gp_port)
         key = prepare_genplane(env)
         try:
             procs.append(start_floor(floor_port))
+            procs.append(start_floor(fastapi_port, "fastapi_floor:app"))
             procs.append(subprocess.Popen([str(BIN / "genplane"), "serve"], env=env))
             wait_for_port(floor_port)
+            wait_for_port(fastapi_port)
             wait_for_port(gp_port)
             auth = {"Authorization": f"Bearer {key}"}
             ids = succeeded_ids(gp_port, key, 20)
 
             floor_get = asyncio.run(run_load(
                 floor_port, cycle([build_request("GET", "/json", {})]), args.connections, args.duration))
+            fastapi_get = asyncio.run(run_load(
+                fastapi_port, cycle([build_request("GET", "/json", auth)]), args.connections, args.duration))
             gets = [build_request("GET", f"/v1/content/{gid}", auth) for gid in ids]
             gp_get = asyncio.run(run_load(gp_port, cycle(gets), args.connections, args.duration))
             body = json.dumps({"generation_prompt": "a lighthouse at dusk"}).encode()
@@ -156,6 +160,10 @@ def main() -> int:
             floor_post = asyncio.run(run_load(
                 floor_port, cycle([floor_create]),
                 args.connections, args.duration))
+            json_auth = {**auth, "Content-Type": "application/json"}
+            fastapi_create = build_request("POST", "/json", json_auth, body)
+            fastapi_post = asyncio.run(run_load(
+                fastapi_port, cycle([fastapi_create]), args.connections, args.duration))
             gp_create = asyncio.run(run_load(gp_port, cycle([create]), args.connections, args.duration))
         finally:
             for proc in procs:
@@ -165,9 +173,15 @@ def main() -> int:
 
     print(f"throughput, {args.connections} connections, {args.duration:.0f} s per phase, one process each")
     report("floor GET /json", floor_get)
+    report("FastAPI+1 dep GET /json", fastapi_get)
     report("genplane GET /v1/content/{id}", gp_get)
     report("floor POST /json", floor_post)
+    report("FastAPI+1 dep POST /json", fastapi_post)
     report("genplane POST /v1/generate", gp_create)
+    print(f"  framework ceiling: FastAPI GET {fastapi_get.per_second / floor_get.per_second:.1%}, "
+          f"POST {fastapi_post.per_second / floor_post.per_second:.1%} of the floor; genplane GET "
+          f"{gp_get.per_second / fastapi_get.per_second:.1%}, create "
+          f"{gp_create.per_second / fastapi_post.per_second:.1%} of FastAPI's")
     ratios = {"get": gp_get.per_second / floor_get.per_second,
               "create": gp_create.per_second / floor_post.per_second}
     failed = False
