@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Region = Literal["us", "eu", "jp"]
@@ -56,6 +56,46 @@ class Settings(BaseSettings):
         None,
         description="Folder of extra catalogue *.yaml files; an identifier there replaces the packaged one.",
     )
+
+    provider_poll_interval_seconds: float = Field(
+        1.0, gt=0, description="How often a running provider job's status is checked."
+    )
+    provider_request_timeout_seconds: float = Field(
+        60.0, gt=0, description="Timeout of one HTTP request to a provider (submit, poll, download)."
+    )
+    fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts exempt from the public-address check on input and output files "
+        "(development and tests only), e.g. [\"127.0.0.1\", \"localhost\"].",
+    )
+    max_input_file_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest input image accepted.")
+    max_output_file_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest output file downloaded from a provider."
+    )
+
+    # Provider credentials and endpoints. A provider without its credentials is unavailable.
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str = "https://api.replicate.com"
+    fal_key: SecretStr | None = None
+    fal_queue_url: str = "https://queue.fal.run"
+    bfl_api_key: SecretStr | None = None
+    bfl_base_url: str = "https://api.bfl.ai"  # or a regional host: api.eu.bfl.ai, api.us.bfl.ai
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com"
+    runway_api_key: SecretStr | None = None
+    runway_base_url: str = "https://api.dev.runwayml.com"
+    cloudflare_api_token: SecretStr | None = None
+    cloudflare_account_id: str = ""
+    cloudflare_base_url: str = "https://api.cloudflare.com/client/v4"
+    alibabacloud_api_key: SecretStr | None = None
+    alibabacloud_base_url: str = "https://dashscope-intl.aliyuncs.com"  # mainland: dashscope.aliyuncs.com
+    byteplus_api_key: SecretStr | None = None
+    byteplus_base_url: str = "https://ark.ap-southeast.bytepluses.com"
+    google_api_key: SecretStr | None = None
+    google_base_url: str = "https://generativelanguage.googleapis.com"
+    selfhosted_base_url: str = ""  # the operator's own GPU server; empty means unavailable
+    selfhosted_api_key: SecretStr | None = None
+    selfhosted_protocol: Literal["openai", "comfyui"] = "openai"
 
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per account per minute.")
     auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications per IP per minute.")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import structlog
 from fastapi import FastAPI
 from starlette.responses import HTMLResponse
@@ -26,7 +27,7 @@ from genplane.db.migrate import upgrade
 from genplane.generations.service import GenerationService
 from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
-from genplane.providers.registry import build_providers
+from genplane.providers.registry import build_http_client, build_providers
 from genplane.settings import Settings, get_settings
 from genplane.storage.store import LocalFileStore
 from genplane.usage.recorder import UsageRecorder
@@ -34,13 +35,19 @@ from genplane.usage.recorder import UsageRecorder
 log = structlog.get_logger("genplane")
 
 
-def build_services(settings: Settings, providers: dict[str, ProviderAdapter] | None = None) -> Services:
+def build_services(
+    settings: Settings,
+    providers: dict[str, ProviderAdapter] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Services:
     db = Database(settings.resolved_database_url)
     catalog = load_catalog(settings.catalog_dir)
     store = LocalFileStore(settings.files_dir, settings.public_base_url)
-    adapters = providers if providers is not None else build_providers(settings)
-    worker = Worker(db, catalog, adapters, store, settings)
+    http = build_http_client(settings, transport)
+    adapters = providers if providers is not None else build_providers(settings, http)
+    worker = Worker(db, catalog, adapters, store, settings, http)
     return Services(
+        http=http,
         settings=settings,
         db=db,
         catalog=catalog,
@@ -55,8 +62,11 @@ def build_services(settings: Settings, providers: dict[str, ProviderAdapter] | N
 
 
 def create_app(
-    settings: Settings | None = None, providers: dict[str, ProviderAdapter] | None = None
+    settings: Settings | None = None,
+    providers: dict[str, ProviderAdapter] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
+    """The app; ``transport`` replaces the network for provider calls and file fetches (tests)."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -74,6 +84,7 @@ def create_app(
             if settings.run_worker:
                 await svc.worker.stop()
             await svc.usage.stop()
+            await svc.http.aclose()
             await svc.db.dispose()
 
     app = FastAPI(
@@ -84,7 +95,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.services = build_services(settings, providers)
+    app.state.services = build_services(settings, providers, transport)
     install_error_handlers(app)
     for module in (account, generate, content, library):
         app.include_router(module.router)

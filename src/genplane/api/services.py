@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
 from genplane.accounts.service import Authenticator
 from genplane.api.ratelimit import RequestLimiter
 from genplane.catalog.loader import Catalog
@@ -18,6 +20,7 @@ from genplane.usage.recorder import UsageRecorder
 
 @dataclass
 class Services:
+    http: httpx.AsyncClient
     settings: Settings
     db: Database
     catalog: Catalog

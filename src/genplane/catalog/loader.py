@@ -8,7 +8,7 @@ checked here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,7 +55,18 @@ class ModelSchema(_Strict):
 
 
 class ProviderBinding(_Strict):
+    """How one provider serves one model: its native id and the unified->native mapping.
+
+    ``params`` are fixed native parameters sent with every request; ``fields`` renames
+    unified fields (``generation_ratio: aspect_ratio``); ``values`` translates unified
+    values per field (``generation_ratio: {"16:9": landscape_16_9}``). Adapters apply
+    their protocol's usual names where the catalogue says nothing.
+    """
+
     model_id: str
+    params: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    values: dict[str, dict[str, Any]] = {}
 
 
 class ModelEntry(_Strict):

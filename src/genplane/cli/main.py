@@ -285,11 +285,11 @@ def credits_add(
 @app.command()
 def models() -> None:
     """List the model catalogue and which providers are available here."""
-    from genplane.providers.registry import build_providers
+    from genplane.providers.registry import build_http_client, build_providers
 
     settings = get_settings()
     catalog = load_catalog(settings.catalog_dir)
-    adapters = build_providers(settings)
+    adapters = build_providers(settings, build_http_client(settings))  # never sends a request
     table = Table("model", "type", "pricing", "providers (available*)")
     for m in catalog.models.values():
         names = [f"{p}*" if p in adapters and adapters[p].configured() else p for p in m.providers]

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import structlog
 from sqlalchemy import update
 
@@ -62,7 +63,9 @@ class Worker:
         providers: dict[str, ProviderAdapter],
         store: FileStore,
         settings: Settings,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
+        self.http = http or httpx.AsyncClient()
         self.db = db
         self.catalog = catalog
         self.providers = providers

@@ -2,7 +2,9 @@
 
 An adapter turns one unified job into the provider's native calls and the native
 answers back into outputs or a :class:`ProviderError` with a contract error name.
-It knows nothing of the database, credits or storage: the worker owns those.
+It knows nothing of the database, credits or storage: the worker owns those, and it
+also fetches input files (safely) before the adapter sees them and downloads output
+URLs (before they expire) after it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,50 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+# Failures that another provider would refuse just the same: the chain stops on them.
+CHAIN_STOPPING_ERRORS = frozenset(
+    {
+        "bse_content_policy_violation",
+        "bse_invalid_input",
+        "bse_parameter_out_of_range",
+        "bse_unsupported_parameter",
+        "bse_file_too_large",
+        "bse_file_too_small",
+        "bse_unsupported_file_format",
+        "bse_file_load_error",
+        "bse_file_size_exceeded",
+        "bse_file_download_error",
+        "bse_unsafe_file_url",
+    }
+)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input file the worker fetched and checked: the client's URL and its bytes."""
+
+    url: str
+    data: bytes
+    content_type: str
+
+    @property
+    def data_uri(self) -> str:
+        import base64
+
+        return f"data:{self.content_type};base64,{base64.b64encode(self.data).decode()}"
+
 
 @dataclass(frozen=True)
 class ProviderJob:
+    """One unified job for one provider, with the catalogue's mapping for that provider.
+
+    ``params`` are fixed native parameters the catalogue sets for this model on this
+    provider; ``field_names`` renames a unified field to the provider's parameter for
+    this model, and ``value_maps`` translates unified values (``"16:9"`` ->
+    ``"landscape_16_9"``). Adapters read them through :meth:`name` and :meth:`value`
+    so that adding a model needs no code.
+    """
+
     generation_id: str
     model_identifier: str
     native_model_id: str
@@ -27,6 +70,27 @@ class ProviderJob:
     resolution: str | None = None
     generate_audio: bool | None = None
     specific: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    field_names: dict[str, str] = field(default_factory=dict)
+    value_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inputs: list[InputImage] = field(default_factory=list)
+    last_frame: InputImage | None = None
+
+    def name(self, unified: str, default: str) -> str:
+        """The provider's parameter name for a unified field on this model."""
+        return self.field_names.get(unified, default)
+
+    def value(self, unified: str, value: Any) -> Any:
+        """The provider's value for a unified field's value on this model."""
+        mapping = self.value_maps.get(unified)
+        if mapping is None:
+            return value
+        return mapping.get(str(value).lower() if isinstance(value, bool) else str(value), value)
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.specific.get("generation_seed")
+        return int(seed) if seed is not None else None
 
 
 @dataclass(frozen=True)
@@ -47,15 +111,24 @@ class ProviderResult:
 
 @dataclass
 class ProviderError(Exception):
-    """A provider failure, already mapped to a contract error name (``bse_...``)."""
+    """A provider failure, already mapped to a contract error name (``bse_...``).
+
+    ``retryable`` is what clients are told (the same request may succeed later);
+    whether the worker moves on to the next provider is :attr:`stops_chain`.
+    """
 
     error: str
     message: str
     retryable: bool
     retry_after: float | None = None
+    http_status: int | None = None  # the provider's status code, when it answered
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
+
+    @property
+    def stops_chain(self) -> bool:
+        return self.error in CHAIN_STOPPING_ERRORS
 
 
 class ProviderAdapter(Protocol):
@@ -66,13 +139,17 @@ class ProviderAdapter(Protocol):
         ...
 
     async def submit(self, job: ProviderJob) -> str:
-        """Start the job and return the provider's prediction id."""
+        """Start the job and return the provider's prediction id (or request id)."""
         ...
 
     async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
-        """Block (asynchronously) until the job ends; raise ProviderError when it failed."""
+        """Poll (or otherwise wait) until the job ends; raise ProviderError when it failed.
+
+        Called again with the same ``prediction_id`` after a restart, so it must not
+        depend on state kept between ``submit`` and ``wait`` other than the id.
+        """
         ...
 
     async def cancel(self, prediction_id: str) -> bool:
-        """Ask the provider to stop; True when the request was sent."""
+        """Ask the provider to stop; True when the request was sent and accepted."""
         ...
