@@ -129,7 +129,8 @@ async def create_key(
         rotated_from_id=rotated_from_id,
     )
     async with db.write() as s:
-        if await s.get(Account, account_id) is None:
+        account = await s.get(Account, account_id)
+        if account is None or account.deleted_at is not None:
             raise ValueError(f"no account {account_id}")
         s.add(record)
     return IssuedKey(key=key, record=record)
@@ -158,7 +159,11 @@ async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours:
         raise ValueError("the grace period is 1 to 168 hours")
     async with db.read() as s:
         old = await s.get(ApiKey, key_id)
-    if old is None or old.revoked_at is not None:
+    if (
+        old is None
+        or old.revoked_at is not None
+        or (old.expires_at is not None and as_utc(old.expires_at) <= utcnow())
+    ):
         raise ValueError(f"no active key {key_id}")
     issued = await create_key(
         db,

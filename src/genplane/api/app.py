@@ -24,7 +24,9 @@ from genplane.api.services import Services
 from genplane.catalog.loader import load_catalog
 from genplane.db.engine import Database
 from genplane.db.migrate import upgrade
+from genplane.generations.routing import ProviderRanker
 from genplane.generations.service import GenerationService
+from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.providers.registry import build_http_client, build_providers
@@ -45,7 +47,8 @@ def build_services(
     store = LocalFileStore(settings.files_dir, settings.public_base_url)
     http = build_http_client(settings, transport)
     adapters = providers if providers is not None else build_providers(settings, http)
-    worker = Worker(db, catalog, adapters, store, settings, http)
+    fetcher = FileFetcher(http, settings.fetch_allow_hosts)
+    worker = Worker(db, catalog, adapters, store, settings, fetcher)
     return Services(
         http=http,
         settings=settings,
@@ -54,7 +57,9 @@ def build_services(
         store=store,
         providers=adapters,
         worker=worker,
-        generations=GenerationService(db, settings, catalog, worker, store, adapters),
+        generations=GenerationService(
+            db, settings, catalog, worker, store, adapters, ProviderRanker(db), fetcher
+        ),
         authenticator=Authenticator(db, settings),
         limiter=RequestLimiter(settings),
         usage=UsageRecorder(db, settings.usage_flush_interval_seconds),

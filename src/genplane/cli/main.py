@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from genplane.accounts import service as accounts
@@ -49,7 +50,7 @@ def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     return typer.Exit(code=1)
 
 
@@ -60,11 +61,15 @@ def parse_expiry(value: str | None) -> datetime | None:
     match = re.fullmatch(r"(\d+)([dh])", value.strip())
     if match:
         amount = int(match[1])
-        return utcnow() + (timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount))
-    try:
-        return as_utc(datetime.fromisoformat(value))
-    except ValueError as exc:
-        raise ValueError(f"--expires takes 30d, 12h or an ISO date, not {value!r}") from exc
+        expires_at = utcnow() + (timedelta(days=amount) if match[2] == "d" else timedelta(hours=amount))
+    else:
+        try:
+            expires_at = as_utc(datetime.fromisoformat(value))
+        except ValueError as exc:
+            raise ValueError(f"--expires takes 30d, 12h or an ISO date, not {value!r}") from exc
+    if expires_at <= utcnow():
+        raise ValueError(f"--expires must be in the future, not {value!r}")
+    return expires_at
 
 
 def parse_credits(value: str) -> int:
@@ -126,7 +131,7 @@ def init(
         issued = await accounts.create_key(
             db, settings, account.id, "quickstart", parse_scopes("full_access", None)
         )
-        console.print(f"account: {account.id} ({account.name})")
+        console.print(f"account: {account.id} ({escape(account.name)})")
         _print_key(issued.key, issued.record.id, list(issued.record.scopes))
 
     _run(work)
@@ -142,7 +147,10 @@ def accounts_create(
     ] = False,
 ) -> None:
     """Create an account and print its id."""
-    millis = parse_credits(credits) if credits not in ("0", "0.0") else 0
+    try:
+        millis = parse_credits(credits) if credits not in ("0", "0.0") else 0
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
     async def work(db: Database, settings: Settings) -> None:
         account = await accounts.create_account(
@@ -162,7 +170,7 @@ def accounts_list() -> None:
         for a in await accounts.list_accounts(db, include_deleted=True):
             table.add_row(
                 a.id,
-                a.name,
+                escape(a.name),
                 f"{to_credits(a.balance_millis):.3f}",
                 iso(a.created_at),
                 iso(a.deleted_at) or "",
@@ -223,7 +231,13 @@ def keys_list(account: Annotated[str | None, typer.Option(help="Only this accoun
             expired = k.expires_at is not None and as_utc(k.expires_at) <= now
             state = "revoked" if k.revoked_at else "expired" if expired else "active"
             table.add_row(
-                k.id, k.account_id, k.name, k.prefix + "…", ",".join(k.scopes), iso(k.expires_at) or "", state
+                k.id,
+                k.account_id,
+                escape(k.name),
+                k.prefix + "…",
+                ",".join(k.scopes),
+                iso(k.expires_at) or "",
+                state,
             )
         console.print(table)
 

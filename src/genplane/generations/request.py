@@ -31,6 +31,7 @@ class GenerationRequest:
     output_format: str
     output_number: int
     provider_order: list[str]
+    provider_order_explicit: bool
     input_file: list[str] | None = None
     input_file_last_content: str | None = None
     duration: int | None = None
@@ -51,12 +52,13 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _shape_error(exc: ValidationError) -> ApiError:
+def _shape_error(exc: ValidationError, model: ModelEntry) -> ApiError:
     err = exc.errors(include_url=False)[0]
     loc = [str(p) for p in err["loc"]]
     name = loc[0] if loc else "body"
     if err["type"] == "extra_forbidden":
-        return invalid_input(name, f"Unknown field '{name}'.")
+        # The contract: any field the model does not accept is bse_unsupported_parameter.
+        return _unsupported(name, model)
     if err["type"] == "missing":
         return invalid_input(name, f"'{name}' is required.")
     where = ".".join(loc) or "body"
@@ -126,7 +128,7 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
     try:
         body = GenerationBody.model_validate(data)
     except ValidationError as exc:
-        raise _shape_error(exc) from exc
+        raise _shape_error(exc, model) from exc
     if model.model_type != media:
         raise ApiError(
             "bse_model_type_mismatch",
@@ -188,6 +190,7 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
         output_format=fmt,
         output_number=number,
         provider_order=resolve_provider_order(model, body.generation_provider_order),
+        provider_order_explicit=(body.generation_provider_order or "fastest").strip() != "fastest",
         input_file=body.generation_input_file,
         input_file_last_content=body.generation_input_file_last_content,
         duration=duration,

@@ -20,8 +20,10 @@ from genplane.errors import ApiError
 from genplane.generations import idempotency
 from genplane.generations import repository as repo
 from genplane.generations.record import to_record
-from genplane.generations.request import check_generation
+from genplane.generations.request import GenerationRequest, check_generation
+from genplane.generations.routing import ProviderRanker
 from genplane.ids import new_id
+from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
@@ -44,7 +46,11 @@ class GenerationService:
         worker: Worker,
         store: FileStore,
         providers: dict[str, ProviderAdapter],
+        ranker: ProviderRanker,
+        fetcher: FileFetcher,
     ) -> None:
+        self.ranker = ranker
+        self.fetcher = fetcher
         self.db = db
         self.settings = settings
         self.catalog = catalog
@@ -64,6 +70,12 @@ class GenerationService:
         request_id: str,
     ) -> CreateResult:
         req = check_generation(self.catalog, media, model_identifier, raw)
+        provider_order = await self.route(req)
+        urls = [("generation_input_file", url) for url in req.input_file or []]
+        if req.input_file_last_content:
+            urls.append(("generation_input_file_last_content", req.input_file_last_content))
+        for field, url in urls:  # also refused later, at fetch time, after redirects
+            await self.fetcher.check_public(url, field)
         cost = generation_cost_millis(
             req.model,
             outputs=req.output_number,
@@ -88,7 +100,7 @@ class GenerationService:
             model_identifier=req.model.model_identifier,
             model_type=req.model.model_type,
             status="pending",
-            provider_order=req.provider_order,
+            provider_order=provider_order,
             provider_used=None,
             prediction_id=new_id(),
             prompt=req.prompt,
@@ -139,6 +151,7 @@ class GenerationService:
                         f"{inflight} generations are in flight; the limit is "
                         f"{self.settings.max_inflight_generations}.",
                         details={"limit": self.settings.max_inflight_generations},
+                        headers={"Retry-After": "1"},
                     )
                 s.add(gen)
                 await reserve(s, auth.account_id, gen.id, cost)
@@ -150,6 +163,26 @@ class GenerationService:
             raise
         self.worker.enqueue(gen.id)
         return CreateResult(200, body, False)
+
+    async def route(self, req: GenerationRequest) -> list[str]:
+        """The chain a new generation will try: explicit as sent, or ranked for ``fastest``."""
+
+        def usable(p: str) -> bool:
+            adapter = self.providers.get(p)
+            return adapter is not None and adapter.configured()
+
+        if req.provider_order_explicit:
+            chain = req.provider_order
+        else:
+            chain = await self.ranker.rank(req.model, [p for p in req.provider_order if usable(p)])
+        if not any(usable(p) for p in chain):
+            raise ApiError(
+                "bse_provider_unavailable",
+                f"No configured provider serves {req.model.model_identifier} here "
+                f"(it is served by {', '.join(req.model.providers)}).",
+                details={"providers": list(req.model.providers)},
+            )
+        return chain
 
     async def _owned(self, account_id: str, generation_id: str) -> Generation:
         async with self.db.read() as s:

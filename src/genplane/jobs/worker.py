@@ -14,9 +14,9 @@ import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
-import httpx
 import structlog
 from sqlalchemy import update
 
@@ -25,34 +25,15 @@ from genplane.clock import as_utc, utcnow
 from genplane.credits.ledger import settle
 from genplane.db.engine import Database
 from genplane.db.models import Generation
-from genplane.errors import ERRORS
 from genplane.generations import repository as repo
 from genplane.ids import new_id
-from genplane.providers.base import ProviderAdapter, ProviderError, ProviderJob, ProviderResult
+from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
+from genplane.jobs.fetch import FileFetcher
+from genplane.providers.base import ProviderAdapter, ProviderOutput
 from genplane.settings import Settings
 from genplane.storage.store import FileStore, StorageError, StoredFile
 
 log = structlog.get_logger("genplane.worker")
-
-
-def _provider_error_entry(provider: str, error: str, message: str, retryable: bool) -> dict[str, Any]:
-    spec = ERRORS[error]
-    return {
-        "provider": provider,
-        "error": error,
-        "code": spec.code,
-        "type": spec.type,
-        "message": message,
-        "retryable": retryable,
-    }
-
-
-class _ChainFailed(Exception):
-    def __init__(self, error: str, message: str, provider_errors: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.error = error
-        self.message = message
-        self.provider_errors = provider_errors
 
 
 class Worker:
@@ -63,9 +44,9 @@ class Worker:
         providers: dict[str, ProviderAdapter],
         store: FileStore,
         settings: Settings,
-        http: httpx.AsyncClient | None = None,
+        fetcher: FileFetcher,
     ) -> None:
-        self.http = http or httpx.AsyncClient()
+        self.chain = ProviderChain(catalog, providers, fetcher, settings)
         self.db = db
         self.catalog = catalog
         self.providers = providers
@@ -168,7 +149,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(gid, me))
         try:
             await self._execute(gen)
-        except _ChainFailed as failed:
+        except ChainFailed as failed:
             await self._fail(gen, failed.error, failed.message, failed.provider_errors)
         finally:
             heartbeat.cancel()
@@ -188,85 +169,22 @@ class Worker:
                 job.cancel()
                 return
 
-    def _job(self, gen: Generation, native_id: str) -> ProviderJob:
-        return ProviderJob(
-            generation_id=gen.id,
-            model_identifier=gen.model_identifier,
-            native_model_id=native_id,
-            model_type=gen.model_type,
-            prompt=gen.prompt,
-            ratio=gen.ratio or "1:1",
-            output_format=gen.output_format or "png",
-            output_number=gen.output_number,
-            input_file=gen.input_file,
-            input_file_last_content=gen.input_file_last_content,
-            duration=gen.duration,
-            resolution=gen.resolution,
-            generate_audio=gen.generate_audio,
-            specific=dict(gen.specific or {}),
-        )
-
-    def _deadline(self, gen: Generation) -> float:
-        if gen.model_type == "video":
-            return self.settings.video_attempt_deadline_seconds
-        return self.settings.image_attempt_deadline_seconds
-
     async def _execute(self, gen: Generation) -> None:
-        model = self.catalog.models.get(gen.model_identifier)
-        if model is None:
-            raise _ChainFailed(
-                "bse_model_not_configured", f"{gen.model_identifier} is no longer in the catalogue.", []
-            )
-        errors: list[dict[str, Any]] = []
-        for provider_id in gen.provider_order:
-            adapter = self.providers.get(provider_id)
-            binding = model.providers.get(provider_id)
-            if adapter is None or binding is None or not adapter.configured():
-                errors.append(
-                    _provider_error_entry(
-                        provider_id,
-                        "bse_provider_unavailable",
-                        f"{provider_id} is not configured here.",
-                        True,
-                    )
-                )
-                continue
-            job = self._job(gen, binding.model_id)
-            started = utcnow()
-            prediction_id: str | None = None
-            try:
-                async with asyncio.timeout(self._deadline(gen)):
-                    prediction_id = await adapter.submit(job)
-                    await self._note_prediction(gen.id, provider_id, prediction_id)
-                    result = await adapter.wait(job, prediction_id)
-            except ProviderError as exc:
-                await self._attempt(gen, provider_id, "failed", started, exc.error, exc.message)
-                errors.append(_provider_error_entry(provider_id, exc.error, exc.message, exc.retryable))
-                if not exc.retryable:
-                    raise _ChainFailed(exc.error, exc.message, errors) from exc
-                continue
-            except TimeoutError:
-                if prediction_id:
-                    await self._cancel_upstream(adapter, prediction_id)
-                message = f"{provider_id} did not finish within {self._deadline(gen):.0f} s."
-                await self._attempt(gen, provider_id, "failed", started, "bse_provider_timeout", message)
-                errors.append(_provider_error_entry(provider_id, "bse_provider_timeout", message, True))
-                continue
-            except asyncio.CancelledError:
-                if gen.id in self._user_canceled:
-                    if prediction_id:
-                        await asyncio.shield(self._cancel_upstream(adapter, prediction_id))
-                    await asyncio.shield(self._attempt(gen, provider_id, "cancelled", started))
-                raise
-            await self._complete(gen, provider_id, prediction_id, started, result)
-            return
-        raise _ChainFailed("bse_all_providers_failed", "Every provider in the chain failed.", errors)
+        async def record(
+            provider: str, outcome: str, started: datetime, error: str | None, message: str | None
+        ) -> None:
+            await self._attempt(gen, provider, outcome, started, error, message)
 
-    async def _cancel_upstream(self, adapter: ProviderAdapter, prediction_id: str) -> None:
-        try:
-            await adapter.cancel(prediction_id)
-        except Exception:
-            log.warning("provider_cancel_failed", provider=adapter.provider_id, prediction_id=prediction_id)
+        async def note(provider: str, prediction_id: str) -> None:
+            await self._note_prediction(gen.id, provider, prediction_id)
+
+        success = await self.chain.run(
+            gen,
+            record_attempt=record,
+            note_prediction=note,
+            user_canceled=lambda: gen.id in self._user_canceled,
+        )
+        await self._complete(gen, success)
 
     async def _note_prediction(self, gid: str, provider_id: str, prediction_id: str) -> None:
         async with self.db.write() as s:
@@ -290,11 +208,10 @@ class Worker:
         async with self.db.write() as s:
             repo.record_attempt(s, gen, provider_id, outcome, started, error, message)
 
-    async def _store(self, gen: Generation, result: ProviderResult) -> list[StoredFile]:
+    async def _store(self, gen: Generation, outputs: list[ProviderOutput]) -> list[StoredFile]:
         stored: list[StoredFile] = []
-        for index, output in enumerate(result.outputs):
-            if output.data is None:
-                raise _ChainFailed("bse_provider_error", "The provider returned an output without data.", [])
+        for index, output in enumerate(outputs):
+            assert output.data is not None  # the chain downloaded every URL output
             for attempt in range(3):
                 try:
                     stored.append(
@@ -303,21 +220,15 @@ class Worker:
                     break
                 except StorageError as exc:
                     if attempt == 2:
-                        raise _ChainFailed(
+                        raise ChainFailed(
                             "bse_storage_error", f"Storing an output failed: {exc}", []
                         ) from exc
                     await asyncio.sleep(0.2 * (attempt + 1))
         return stored
 
-    async def _complete(
-        self,
-        gen: Generation,
-        provider_id: str,
-        prediction_id: str | None,
-        started: Any,
-        result: ProviderResult,
-    ) -> None:
-        stored = await self._store(gen, result)
+    async def _complete(self, gen: Generation, success: ChainSuccess) -> None:
+        provider_id = success.provider
+        stored = await self._store(gen, success.outputs)
         now = utcnow()
         async with self.db.write() as s:
             won = await repo.finish(
@@ -331,7 +242,7 @@ class Worker:
                     for f in stored
                 ],
                 metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
-                metrics_predict_time=result.predict_time,
+                metrics_predict_time=success.predict_time,
             )
             if won:
                 await settle(s, gen, "charge")
@@ -340,8 +251,8 @@ class Worker:
                 gen,
                 provider_id,
                 "used" if won else "discarded",
-                started,
-                cost_millis=gen.cost_millis if won else 0,
+                success.started_at,
+                cost_millis=gen.cost_millis,  # paid upstream either way; wasted when discarded
             )
         if not won:
             # Canceled (or taken over) while the provider worked: the files belong to nobody.

@@ -1,0 +1,638 @@
+"""The one way genplane downloads files from URLs it did not choose.
+
+Clients' input images (``generation_input_file``) and providers' output URLs both
+come from outside, so every download goes through :class:`FileFetcher`:
+
+* only ``http``/``https`` URLs without userinfo, whose host is a public address: a
+  literal IP is checked as is, a hostname is resolved and *every* address it
+  resolves to must be public (no loopback, private, link-local, CGNAT, metadata,
+  IPv4-mapped private, unique-local or site-local addresses);
+* the connection is pinned to the address that was checked (the request goes to
+  ``scheme://<ip>:<port>/path`` with the original ``Host`` header and, for https,
+  the original name as SNI, so the certificate is still verified against it), so a
+  DNS answer that changes between check and connect (rebinding) cannot redirect it;
+* redirects are followed by hand, a bounded number of times, and every hop is
+  checked again;
+* the body is streamed and abandoned as soon as it is over the byte limit;
+* the bytes' type is sniffed from their magic numbers, never taken from headers,
+  and images are decoded by Pillow in a worker thread behind a pixel-count guard.
+
+Hosts in ``allow_hosts`` (developers' ``127.0.0.1``, a local object store, tests'
+fake hosts) skip the public check and are requested by name.
+
+URLs are logged as host and path only: query strings are often signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import structlog
+from PIL import Image
+
+from genplane.errors import ApiError
+from genplane.providers.base import ProviderError
+
+log = structlog.get_logger("genplane.fetch")
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+Kind = Literal["image", "video"]
+
+#: Images with more pixels than this are refused before they are decoded.
+MAX_PIXELS = 100_000_000
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Ranges refused on top of ``not is_global``: some are "global" to the ipaddress
+# module (or are on some Python versions) but are never a place to download from.
+_BLOCKED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # carrier-grade NAT
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/96",  # unspecified, loopback, deprecated IPv4-compatible addresses
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "2001:db8::/32",
+        "fc00::/7",  # unique-local (includes fd00:ec2::254, the EC2 metadata address)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed by some stacks)
+        "ff00::/8",  # multicast
+    )
+)
+
+# A hostname whose last label is numeric is an IP address in some notation
+# (``127.1``, ``0x7f.0.0.1``, ``2130706433``); only canonical forms are accepted.
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+def is_public_address(address: str | IPAddress) -> bool:
+    """Whether genplane may download from this address (see the module docstring)."""
+    try:
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and not is_public_address(embedded):
+            return False
+    if not ip.is_global or ip.is_multicast:
+        return False
+    return not any(ip in net for net in _BLOCKED_NETWORKS if net.version == ip.version)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for ``host``, in its preferred order."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[str] = []
+    for info in infos:
+        address = str(info[4][0])
+        if address not in out:
+            out.append(address)
+    return out
+
+
+@dataclass(frozen=True)
+class Fetched:
+    data: bytes
+    content_type: str  # sniffed from the bytes, never taken from headers
+    ext: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Sniffed:
+    content_type: str
+    ext: str
+    kind: Literal["image", "video", "other"]
+    supported: bool  # whether genplane stores this type
+
+
+_INPUT_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+
+# ISO base media brands that are not video (still images, audio).
+_ISO_IMAGE_BRANDS = {
+    b"avif": ("image/avif", "avif"),
+    b"avis": ("image/avif", "avif"),
+    b"heic": ("image/heic", "heic"),
+    b"heix": ("image/heic", "heic"),
+    b"heim": ("image/heic", "heic"),
+    b"heis": ("image/heic", "heic"),
+    b"hevc": ("image/heic-sequence", "heic"),
+    b"hevx": ("image/heic-sequence", "heic"),
+    b"mif1": ("image/heif", "heif"),
+    b"msf1": ("image/heif-sequence", "heif"),
+}
+_ISO_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P "}
+
+
+def sniff(data: bytes) -> Sniffed | None:
+    """The type of ``data`` by its magic bytes; ``None`` when it is not recognised."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return Sniffed("image/png", "png", "image", True)
+    if data.startswith(b"\xff\xd8\xff"):
+        return Sniffed("image/jpeg", "jpg", "image", True)
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return Sniffed("image/webp", "webp", "image", True)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return Sniffed("image/gif", "gif", "image", False)
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in _ISO_IMAGE_BRANDS:
+            content_type, ext = _ISO_IMAGE_BRANDS[brand]
+            return Sniffed(content_type, ext, "image", False)
+        if brand in _ISO_AUDIO_BRANDS:
+            return Sniffed("audio/mp4", "m4a", "other", False)
+        if brand == b"qt  ":
+            return Sniffed("video/quicktime", "mov", "video", True)
+        return Sniffed("video/mp4", "mp4", "video", True)
+    if data.startswith(b"\x1a\x45\xdf\xa3"):
+        head = data[:64]
+        if b"webm" in head:
+            return Sniffed("video/webm", "webm", "video", True)
+        return Sniffed("video/x-matroska", "mkv", "video", True)
+    stripped = data[:512].lstrip()
+    if stripped[:1] == b"<":
+        lowered = stripped[:100].lower()
+        if lowered.startswith((b"<!doctype html", b"<html")):
+            return Sniffed("text/html", "html", "other", False)
+        return Sniffed("application/xml", "xml", "other", False)
+    if stripped[:1] in (b"{", b"["):
+        return Sniffed("application/json", "json", "other", False)
+    return None
+
+
+def _describe(sniffed: Sniffed | None) -> str:
+    return sniffed.content_type if sniffed else "an unrecognised file"
+
+
+def redact(url: str | httpx.URL) -> str:
+    """``scheme://host[:port]/path``: the URL without userinfo, query and fragment."""
+    try:
+        u = httpx.URL(url) if isinstance(url, str) else url
+        return str(u.copy_with(userinfo=None, query=None, fragment=None))
+    except Exception:
+        return "<invalid url>"
+
+
+# --------------------------------------------------------------------------- internals
+
+
+class _Failure(Exception):
+    """Why a download failed, before it is turned into an ApiError or a ProviderError."""
+
+    def __init__(
+        self,
+        kind: Literal["unsafe", "unreachable", "status", "too_big", "redirects"],
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        if self.kind == "unreachable":
+            return True
+        return self.kind == "status" and self.status is not None and (
+            self.status >= 500 or self.status in (408, 425, 429)
+        )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one hop goes: the URL as given and the URLs actually requested."""
+
+    url: httpx.URL
+    requests: list[httpx.URL]  # pinned to each checked address, in order; or the URL itself
+    headers: dict[str, str]
+    extensions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Image:
+    width: int
+    height: int
+
+
+class _ImageError(Exception):
+    def __init__(self, kind: Literal["too_large", "load"], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _inspect_image(data: bytes, pil_format: str) -> _Image:
+    """Check an image's size from its header, then decode it fully. Runs in a thread."""
+    try:
+        # Image.open reads the header only; the size is checked before any decoding.
+        with Image.open(io.BytesIO(data), formats=[pil_format]) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise _ImageError(
+                    "too_large",
+                    f"the image is {width}x{height}, over {MAX_PIXELS // 1_000_000} megapixels",
+                )
+            img.verify()
+        # verify() leaves the image unusable; decode a fresh one to catch truncation.
+        with Image.open(io.BytesIO(data), formats=[pil_format]) as img:
+            img.load()
+    except _ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise _ImageError("too_large", f"the image has too many pixels ({exc})") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt files
+        raise _ImageError("load", f"the {pil_format} image could not be decoded ({exc})") from exc
+    return _Image(width, height)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1_000_000:.1f} MB"
+
+
+# --------------------------------------------------------------------------- fetcher
+
+
+class FileFetcher:
+    """Downloads files from URLs that came from clients or providers, safely.
+
+    ``client`` should be a shared client; redirects are never followed by it (each
+    request passes ``follow_redirects=False``). ``resolver`` maps ``(host, port)`` to
+    addresses (default: the event loop's ``getaddrinfo``). ``timeout`` bounds one
+    whole download, redirects included, against servers that trickle bytes;
+    ``backoff`` is the first delay between output download attempts (doubled each
+    time, at most ``max_backoff``; a ``Retry-After`` is honoured up to that cap).
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        allow_hosts: Sequence[str] = (),
+        resolver: Resolver | None = None,
+        max_redirects: int = 3,
+        *,
+        timeout: float = 120.0,
+        resolve_timeout: float = 10.0,
+        backoff: float = 0.5,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.allow_hosts = frozenset(_normalise_host(h) for h in allow_hosts if h.strip())
+        self.resolver: Resolver = resolver or system_resolver
+        self.max_redirects = max_redirects
+        self.timeout = timeout
+        self.resolve_timeout = resolve_timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+
+    # ----------------------------------------------------------------- public API
+
+    async def check_public(self, url: str, field: str) -> None:
+        """Raise ``bse_unsafe_file_url`` unless the URL is http(s) and its host (a
+        literal IP, or every address DNS gives for it) is a public address.
+
+        A host that does not resolve at all is ``bse_file_download_error``: it is
+        unreachable rather than unsafe. Allow-listed hosts always pass.
+        """
+        try:
+            await self._plan(url)
+        except _Failure as failure:
+            raise self._input_error(failure, field) from None
+
+    async def fetch_input_image(
+        self,
+        url: str,
+        field: str,
+        *,
+        max_bytes: int,
+        min_side: int | None = None,
+        max_side: int | None = None,
+    ) -> Fetched:
+        """Download a client's input image safely and check it; errors are ApiError
+        with the contract's names and ``details={'field': field}``."""
+        try:
+            data = await self._download(url, max_bytes)
+        except _Failure as failure:
+            log.info("fetch.input_refused", field=field, url=redact(url), reason=failure.kind,
+                     status=failure.status)
+            raise self._input_error(failure, field) from None
+
+        sniffed = sniff(data)
+        if sniffed is None or sniffed.content_type not in _INPUT_FORMATS:
+            raise ApiError(
+                "bse_unsupported_file_format",
+                f"{field}: the file is {_describe(sniffed)}; input images must be JPEG, PNG or WebP.",
+                details={"field": field},
+            )
+        try:
+            image = await asyncio.to_thread(_inspect_image, data, _INPUT_FORMATS[sniffed.content_type])
+        except _ImageError as exc:
+            name = "bse_file_too_large" if exc.kind == "too_large" else "bse_file_load_error"
+            raise ApiError(name, f"{field}: {exc.message}.", details={"field": field}) from None
+
+        longest, shortest = max(image.width, image.height), min(image.width, image.height)
+        if max_side is not None and longest > max_side:
+            raise ApiError(
+                "bse_file_too_large",
+                f"{field}: the image is {image.width}x{image.height}; "
+                f"its sides may be at most {max_side} pixels.",
+                details={"field": field},
+            )
+        if min_side is not None and shortest < min_side:
+            raise ApiError(
+                "bse_file_too_small",
+                f"{field}: the image is {image.width}x{image.height}; "
+                f"its sides must be at least {min_side} pixels.",
+                details={"field": field},
+            )
+        return Fetched(data, sniffed.content_type, sniffed.ext, image.width, image.height)
+
+    async def fetch_output(
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        kind: Kind,
+        attempts: int = 3,
+    ) -> Fetched:
+        """Download a provider's output.
+
+        Transient failures (5xx, 408/425/429, connection errors, timeouts) are retried
+        with backoff, ``attempts`` times in all; anything else fails at once. Raises
+        ``ProviderError('bse_provider_error', ..., retryable=True)`` with a message
+        saying why when it cannot.
+        """
+        attempts = max(1, attempts)
+        last: _Failure | None = None
+        for attempt in range(1, attempts + 1):
+            try:
+                data = await self._download(url, max_bytes)
+                break
+            except _Failure as failure:
+                last = failure
+                if not failure.transient or attempt == attempts:
+                    log.warning("fetch.output_failed", url=redact(url), reason=failure.kind,
+                                status=failure.status, attempt=attempt, attempts=attempts)
+                    raise self._output_error(failure, attempt) from None
+                delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                if failure.retry_after is not None:
+                    delay = min(self.max_backoff, max(delay, failure.retry_after))
+                log.info("fetch.output_retry", url=redact(url), reason=failure.kind,
+                         status=failure.status, attempt=attempt, delay=delay)
+                await asyncio.sleep(delay)
+        else:  # pragma: no cover - the loop always breaks or raises
+            raise self._output_error(last or _Failure("unreachable", "no attempt was made"), attempts)
+
+        sniffed = sniff(data)
+        if sniffed is None or sniffed.kind != kind or not sniffed.supported:
+            what = "an image" if kind == "image" else "a video"
+            got = _describe(sniffed)
+            if sniffed is not None and sniffed.kind == kind:
+                message = f"the provider returned {got}, which genplane does not store"
+            else:
+                message = f"the provider returned {got} where {what} was expected"
+            raise ProviderError("bse_provider_error", message, retryable=True)
+        if sniffed.kind == "video":
+            return Fetched(data, sniffed.content_type, sniffed.ext)
+        try:
+            image = await asyncio.to_thread(_inspect_image, data, _INPUT_FORMATS[sniffed.content_type])
+        except _ImageError as exc:
+            raise ProviderError(
+                "bse_provider_error", f"the provider's output is unusable: {exc.message}", retryable=True
+            ) from None
+        return Fetched(data, sniffed.content_type, sniffed.ext, image.width, image.height)
+
+    # ----------------------------------------------------------------- errors
+
+    @staticmethod
+    def _input_error(failure: _Failure, field: str) -> ApiError:
+        details = {"field": field}
+        if failure.kind == "unsafe":
+            return ApiError("bse_unsafe_file_url", f"{field}: {failure.message}.", details=details)
+        if failure.kind == "too_big":
+            return ApiError("bse_file_size_exceeded", f"{field}: {failure.message}.", details=details)
+        return ApiError("bse_file_download_error", f"{field}: {failure.message}.", details=details)
+
+    @staticmethod
+    def _output_error(failure: _Failure, attempts: int) -> ProviderError:
+        if failure.kind == "status" and failure.status in _EXPIRED_STATUSES:
+            message = (
+                f"the output URL answered HTTP {failure.status}: it has expired or is not accessible"
+            )
+        elif failure.kind == "unsafe":
+            message = f"the output URL is refused: {failure.message}"
+        elif failure.kind == "too_big":
+            message = f"the output is too large: {failure.message}"
+        else:
+            message = f"the output could not be downloaded: {failure.message}"
+        if failure.transient and attempts > 1:
+            message += f" (after {attempts} attempts)"
+        return ProviderError("bse_provider_error", message, retryable=True, http_status=failure.status)
+
+    # ----------------------------------------------------------------- URL checks
+
+    async def _plan(self, url: str | httpx.URL) -> _Target:
+        """Check one URL and decide which addresses to connect to; raise _Failure."""
+        try:
+            u = httpx.URL(url) if isinstance(url, str) else url
+        except Exception:
+            raise _Failure("unsafe", "the URL is not valid") from None
+        if u.scheme not in ("http", "https"):
+            raise _Failure("unsafe", "only http and https URLs are accepted")
+        if u.userinfo:
+            raise _Failure("unsafe", "URLs with credentials (user@host) are not accepted")
+        try:
+            host = u.raw_host.decode("ascii")
+        except UnicodeDecodeError:
+            raise _Failure("unsafe", "the URL's host is not valid") from None
+        if not host:
+            raise _Failure("unsafe", "the URL has no host")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        normalised = _normalise_host(host)
+        if normalised in self.allow_hosts:
+            return _Target(u, [u], {}, {})
+
+        literal = _literal_ip(host)
+        if literal is not None:
+            if not is_public_address(literal):
+                raise _Failure("unsafe", "the URL points to a non-public address")
+            return _Target(u, [u], {}, {})
+        labels = normalised.split(".")
+        if _NUMERIC_LABEL.match(labels[-1]) or any(c in host for c in "%[]:"):
+            raise _Failure("unsafe", "the URL's host is not a canonical IP address or a hostname")
+
+        try:
+            async with asyncio.timeout(self.resolve_timeout):
+                addresses = await self.resolver(host, port)
+        except TimeoutError:
+            raise _Failure("unreachable", f"the host {host} could not be resolved in time") from None
+        except OSError:
+            raise _Failure("unreachable", f"the host {host} could not be resolved") from None
+        if not addresses:
+            raise _Failure("unreachable", f"the host {host} could not be resolved")
+        checked: list[IPAddress] = []
+        for address in addresses:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise _Failure("unsafe", f"the host {host} resolves to an invalid address") from None
+            if not is_public_address(ip):
+                raise _Failure("unsafe", f"the host {host} resolves to a non-public address")
+            if ip not in checked:
+                checked.append(ip)
+
+        host_header = host if u.port is None else f"{host}:{u.port}"
+        extensions = {"sni_hostname": host} if u.scheme == "https" else {}
+        pinned = [u.copy_with(host=str(ip)) for ip in checked]
+        return _Target(u, pinned, {"Host": host_header}, extensions)
+
+    # ----------------------------------------------------------------- download
+
+    async def _download(self, url: str, max_bytes: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._follow(url, max_bytes)
+        except TimeoutError:
+            raise _Failure("unreachable", f"the download took longer than {self.timeout:g} s") from None
+
+    async def _follow(self, url: str, max_bytes: int) -> bytes:
+        current: str | httpx.URL = url
+        for hop in range(self.max_redirects + 1):
+            target = await self._plan(current)
+            location = await self._request(target, max_bytes)
+            if isinstance(location, bytes):
+                if hop:
+                    log.debug("fetch.redirected", url=redact(target.url), hops=hop)
+                return location
+            try:
+                current = target.url.join(location)
+            except Exception:
+                raise _Failure("unsafe", "a redirect's Location is not a valid URL") from None
+        raise _Failure("redirects", f"more than {self.max_redirects} redirects")
+
+    async def _request(self, target: _Target, max_bytes: int) -> bytes | str:
+        """Fetch one hop: its body, or the Location it redirects to."""
+        last_error: Exception | None = None
+        for request_url in target.requests:
+            try:
+                async with self.client.stream(
+                    "GET",
+                    request_url,
+                    headers={**target.headers, "Accept-Encoding": "identity"},
+                    extensions=target.extensions or None,
+                    follow_redirects=False,
+                ) as response:
+                    return await self._read(target, response, max_bytes)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                # Try the host's next checked address, as a browser would.
+                last_error = exc
+                continue
+            except httpx.TimeoutException as exc:
+                raise _Failure("unreachable", f"the server timed out ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise _Failure("unreachable", f"the connection failed ({type(exc).__name__})") from None
+        name = type(last_error).__name__ if last_error else "no address"
+        raise _Failure("unreachable", f"could not connect to {target.url.host} ({name})")
+
+    async def _read(self, target: _Target, response: httpx.Response, max_bytes: int) -> bytes | str:
+        status = response.status_code
+        if status in _REDIRECT_STATUSES:
+            location = str(response.headers.get("location") or "")
+            if not location:
+                raise _Failure("status", f"HTTP {status} without a Location", status=status)
+            return location
+        if not 200 <= status < 300:
+            raise _Failure(
+                "status",
+                f"the server answered HTTP {status}",
+                status=status,
+                retry_after=_parse_retry_after(response.headers.get("retry-after")),
+            )
+        declared = response.headers.get("content-length")
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if declared and declared.isdigit() and encoding in ("", "identity") and int(declared) > max_bytes:
+            raise _Failure(
+                "too_big", f"the file is {_mb(int(declared))}, over the {_mb(max_bytes)} limit"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > max_bytes:
+                raise _Failure("too_big", f"the file is over the {_mb(max_bytes)} limit")
+            chunks.append(chunk)
+        log.debug("fetch.downloaded", url=redact(target.url), bytes=total)
+        return b"".join(chunks)
+
+
+def _normalise_host(host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def _literal_ip(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None

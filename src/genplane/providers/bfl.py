@@ -1,0 +1,236 @@
+"""Black Forest Labs (FLUX) adapter.
+
+Protocol facts this relies on:
+
+- A task is one ``POST /v1/<model>`` with the key in an ``x-key`` header, and makes one
+  image. ``output_number`` N is therefore N tasks, and the prediction id is their ids
+  joined by commas so that :meth:`BflAdapter.wait` can poll every one of them after a
+  restart with nothing but that string.
+- The global host hands each task to a regional cluster and answers with a
+  ``polling_url`` on that cluster; only that cluster knows the task. The polling host is
+  kept next to each id (``<id>@<host>``) for the same reason. The key is only ever sent
+  to the configured host or another host of its domain, so a polling URL pointing
+  elsewhere is ignored in favour of ``/v1/get_result`` on the configured host.
+- A poll answers ``status``: ``Pending`` (``progress`` appears once it runs), ``Ready``
+  (``result.sample`` is a signed URL that expires after about ten minutes, handed to
+  the worker to download at once), ``Request Moderated`` / ``Content Moderated`` (the
+  prompt, an input or the output was refused), ``Error`` and ``Task not found``.
+- There is no cancel endpoint: a submitted task runs, and is billed, to the end.
+- Size is ``aspect_ratio`` on Kontext and Ultra and ``width``/``height`` (multiples of 32)
+  on the others; input images go as base64 in ``input_image``, ``input_image_2``, ...
+  (the bytes the worker already fetched and checked, so BFL sees exactly those).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
+from genplane.providers.http import ProviderHttp, field
+from genplane.settings import Settings
+
+# Sentinel for ``fields: {generation_ratio: width,height}``: send pixel dimensions.
+WIDTH_HEIGHT = "width,height"
+# About one megapixel, the size the FLUX endpoints are priced and tuned for.
+_TARGET_AREA = 1024 * 1024
+_STEP, _MIN_SIDE, _MAX_SIDE = 32, 256, 1440
+
+_NATIVE_FORMATS = {"jpg": "jpeg"}
+_EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
+_CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+_PENDING = {"Pending", "Queued", "Processing"}
+_MODERATED = {"Request Moderated", "Content Moderated"}
+
+
+def dimensions(ratio: str) -> tuple[int, int]:
+    """Width and height near one megapixel for ``"W:H"``, multiples of 32 within 256..1440."""
+    try:
+        w_part, h_part = ratio.split(":")
+        aspect = float(w_part) / float(h_part)
+    except (ValueError, ZeroDivisionError):
+        aspect = 1.0
+    if not math.isfinite(aspect) or aspect <= 0:
+        aspect = 1.0
+
+    def snap(value: float) -> int:
+        return int(min(_MAX_SIDE, max(_MIN_SIDE, round(value / _STEP) * _STEP)))
+
+    width = snap(math.sqrt(_TARGET_AREA * aspect))
+    height = snap(width / aspect)
+    return width, height
+
+
+def _mapped(job: ProviderJob, unified: str, value: Any, defaults: dict[str, Any]) -> Any:
+    """The catalogue's translation of a value when it has one, else this protocol's."""
+    if unified in job.value_maps:
+        return job.value(unified, value)
+    return defaults.get(str(value), value)
+
+
+class BflAdapter:
+    provider_id = "bfl"
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        key = settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else ""
+        self._has_key = bool(key)
+        self.http = ProviderHttp(
+            "bfl",
+            client,
+            settings.bfl_base_url,
+            headers={"x-key": key} if key else {},
+            poll_interval=settings.provider_poll_interval_seconds,
+        )
+        self.request_timeout = settings.provider_request_timeout_seconds
+        base = urlsplit(self.http.base_url)
+        self._scheme = base.scheme or "https"
+        self._base_host = (base.hostname or "").lower()
+        self._domain = ".".join(self._base_host.split(".")[-2:])
+
+    def configured(self) -> bool:
+        return self._has_key and bool(self._base_host)
+
+    # -- submit ---------------------------------------------------------------------
+
+    def request_body(self, job: ProviderJob, index: int = 0) -> dict[str, Any]:
+        """The native body of the ``index``-th task of a job."""
+        body: dict[str, Any] = {"prompt": job.prompt}
+        model = job.native_model_id.lower()
+        uses_aspect = "kontext" in model or "ultra" in model
+        ratio_name = job.name("generation_ratio", "aspect_ratio" if uses_aspect else WIDTH_HEIGHT)
+        ratio = job.value("generation_ratio", job.ratio)
+        if ratio_name == WIDTH_HEIGHT:
+            width, height = self._size(str(ratio))
+            body["width"], body["height"] = width, height
+        else:
+            body[ratio_name] = ratio
+        body[job.name("generation_output_format", "output_format")] = _mapped(
+            job, "generation_output_format", job.output_format, _NATIVE_FORMATS
+        )
+        if job.seed is not None:
+            # Distinct seeds, or N tasks would paint the same picture N times.
+            body[job.name("generation_seed", "seed")] = (job.seed + index) % 2**32
+        negative = job.specific.get("generation_negative_prompt")
+        negative_name = job.field_names.get("generation_negative_prompt")  # FLUX has none by default
+        if negative and negative_name:
+            body[negative_name] = negative
+        image_name = job.name("generation_input_file", "input_image")
+        for position, image in enumerate(job.inputs):
+            name = image_name if position == 0 else f"{image_name}_{position + 1}"
+            body[name] = base64.b64encode(image.data).decode()
+        body.update(job.params)
+        return body
+
+    @staticmethod
+    def _size(value: str) -> tuple[int, int]:
+        if "x" in value:  # the catalogue gave exact pixels, e.g. "1440x816"
+            try:
+                w_text, h_text = value.lower().split("x")
+                return int(w_text), int(h_text)
+            except ValueError:
+                pass
+        return dimensions(value)
+
+    async def submit(self, job: ProviderJob) -> str:
+        entries = []
+        for index in range(max(1, job.output_number)):
+            answer = await self._post(f"/v1/{job.native_model_id}", self.request_body(job, index))
+            task_id = answer.get("id") if isinstance(answer, dict) else None
+            if not isinstance(task_id, str) or not task_id or "," in task_id or "@" in task_id:
+                raise ProviderError("bse_provider_error", "bfl answered without a usable task id.", True)
+            host = self._polling_host(answer.get("polling_url"))
+            entries.append(f"{task_id}@{host}" if host and host != self._base_host else task_id)
+        return ",".join(entries)
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            return await self.http.json("POST", path, json=body, request_timeout=self.request_timeout)
+        except ProviderError as exc:
+            # A refused prompt can be answered at once, with a short ``{"detail": ...}``.
+            if exc.http_status in (400, 422) and "moderat" in exc.message.lower():
+                raise ProviderError(
+                    "bse_content_policy_violation",
+                    "bfl refused the request under its content policy.",
+                    retryable=False,
+                    http_status=exc.http_status,
+                ) from exc
+            raise
+
+    def _polling_host(self, polling_url: Any) -> str | None:
+        if not isinstance(polling_url, str):
+            return None
+        host = (urlsplit(polling_url).hostname or "").lower()
+        return host if self._trusted(host) else None
+
+    def _trusted(self, host: str) -> bool:
+        return bool(host) and (host == self._base_host or host.endswith("." + self._domain))
+
+    # -- wait -----------------------------------------------------------------------
+
+    async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
+        outputs = []
+        predict_time = 0.0
+        for entry in prediction_id.split(","):
+            task_id, _, host = entry.partition("@")
+            result = await self._wait_one(task_id, host or self._base_host)
+            outputs.append(self._output(job, result))
+            duration = result.get("duration")
+            if isinstance(duration, int | float):
+                predict_time = max(predict_time, float(duration))
+        return ProviderResult(outputs=outputs, predict_time=predict_time or None)
+
+    async def _wait_one(self, task_id: str, host: str) -> dict[str, Any]:
+        if not self._trusted(host):
+            host = self._base_host
+        url = f"{self._scheme}://{host}/v1/get_result"
+        while True:
+            data = await self.http.poll_json(
+                "GET", url, params={"id": task_id}, request_timeout=self.request_timeout
+            )
+            status = field(data, "status")
+            if status == "Ready":
+                result = field(data, "result")
+                if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
+                    raise ProviderError("bse_provider_error", "bfl reported Ready without a sample URL.", True)
+                return result
+            if status in _MODERATED:
+                reasons = field(data, "details", "Moderation Reasons")
+                why = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons else ""
+                raise ProviderError(
+                    "bse_content_policy_violation",
+                    f"bfl refused the task: {status}{why}.",
+                    retryable=False,
+                )
+            if status == "Error":
+                raise ProviderError("bse_provider_error", f"bfl task {task_id} failed: {_details(data)}", True)
+            if status == "Task not found":
+                raise ProviderError(
+                    "bse_provider_error", f"bfl no longer knows task {task_id} (expired or never created).", True
+                )
+            if status not in _PENDING and not isinstance(status, str):
+                raise ProviderError("bse_provider_error", "bfl sent a status answer without a status.", True)
+            await self.http.pause()
+
+    @staticmethod
+    def _output(job: ProviderJob, result: dict[str, Any]) -> ProviderOutput:
+        native = str(_mapped(job, "generation_output_format", job.output_format, _NATIVE_FORMATS))
+        ext = _EXTENSIONS.get(native.lower(), job.output_format)
+        return ProviderOutput(
+            ext=ext, content_type=_CONTENT_TYPES.get(ext, "application/octet-stream"), url=result["sample"]
+        )
+
+    async def cancel(self, prediction_id: str) -> bool:
+        # The API offers no way to stop a task; it finishes (and is billed) regardless.
+        return False
+
+
+def _details(data: Any) -> str:
+    details = field(data, "details")
+    if details:
+        return str(details)[:300]
+    return "no details"

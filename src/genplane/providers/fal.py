@@ -1,0 +1,365 @@
+"""fal: the durable queue API (submit, poll status, fetch the result, cancel).
+
+Protocol facts this adapter relies on:
+
+- ``POST {queue}/{model_id}`` with ``Authorization: Key <key>`` and the model's input
+  as the JSON body enqueues a request and answers ``request_id`` (plus ready-made
+  status, response and cancel URLs).
+- Status, result and cancel live under the model's *app* id, not the full endpoint id:
+  ``owner/alias`` with any sub-path dropped (``fal-ai/flux/dev`` -> ``fal-ai/flux``),
+  keeping a ``workflows/`` or ``comfy/`` namespace in front. The prediction id this
+  adapter returns is ``<app>|<request_id>`` so that polling after a restart needs
+  nothing else (``<app>|<id>,<id>`` when a model makes one output per call).
+- ``GET .../requests/{id}/status`` answers ``IN_QUEUE`` (with ``queue_position``),
+  ``IN_PROGRESS`` or ``COMPLETED``; COMPLETED says only that the request ended. Whether
+  it worked is the answer of ``GET .../requests/{id}``: the model's output on 2xx, or an
+  error. Model errors carry ``detail`` as a list of typed objects (``type`` such as
+  ``content_policy_violation`` or ``image_too_large``); platform errors carry a string
+  ``detail`` and ``error_type`` (``client_cancelled`` after a cancel, runner failures).
+  ``X-Fal-Retryable: false`` says the same input would fail again.
+- Image models return ``images: [{url, content_type, ...}]`` and, where a safety checker
+  ran, ``has_nsfw_concepts`` aligned with them (flagged images are blacked out, so they
+  are dropped); video models return ``video: {url, ...}``.
+- ``PUT .../requests/{id}/cancel`` answers 202 when the cancel was accepted (queued
+  requests are removed, running ones are signalled) and 400 once the request finished.
+- An exhausted balance is a 403 whose detail says so, not a 402.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
+from genplane.providers.http import ProviderHttp, error_for_status, field
+from genplane.providers.replicate import CONTENT_TYPES, canceled_upstream, output_for
+from genplane.settings import Settings
+
+PROVIDER = "fal"
+RUNNING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
+_NAMESPACES = frozenset({"workflows", "comfy"})
+_LEGACY_APP_ID = re.compile(r"^([0-9]+)-([a-zA-Z0-9-]+)$")
+# fal's typed model errors that name a contract error of their own.
+_TYPED_ERRORS = {
+    "content_policy_violation": "bse_content_policy_violation",
+    "image_too_large": "bse_file_too_large",
+    "image_too_small": "bse_file_too_small",
+    "image_load_error": "bse_file_load_error",
+    "file_download_error": "bse_file_download_error",
+    "file_too_large": "bse_file_size_exceeded",
+    "feature_not_supported": "bse_unsupported_parameter",
+}
+# Unified ratios -> fal's named ``image_size`` presets; others are sent as width/height.
+_IMAGE_SIZE_PRESETS = {
+    "1:1": "square_hd",
+    "4:3": "landscape_4_3",
+    "16:9": "landscape_16_9",
+    "3:4": "portrait_4_3",
+    "9:16": "portrait_16_9",
+}
+_LIST_IMAGE_FIELDS = frozenset({"image_urls", "input_image_urls", "reference_image_urls"})
+# Result fetches that hit a busy edge (not a model answer) are retried this often.
+_RESULT_FETCH_RETRIES = 5
+
+
+def app_id(model_id: str) -> str:
+    """The app part of a fal endpoint id, which status/result/cancel paths use."""
+    parts = [p for p in model_id.strip().strip("/").split("/") if p]
+    if len(parts) == 1:
+        legacy = _LEGACY_APP_ID.match(parts[0])
+        if legacy is None:
+            raise ProviderError("bse_model_not_configured", f"{model_id!r} is not a fal model id.", False)
+        parts = [legacy.group(1), legacy.group(2)]
+    if parts[0] in _NAMESPACES:
+        if len(parts) < 3:
+            raise ProviderError("bse_model_not_configured", f"{model_id!r} is not a fal model id.", False)
+        return "/".join(parts[:3])
+    return "/".join(parts[:2])
+
+
+def image_size(ratio: str) -> str | dict[str, int]:
+    """fal's ``image_size`` for a unified ratio: a preset, or about a megapixel in 16-px steps."""
+    preset = _IMAGE_SIZE_PRESETS.get(ratio)
+    if preset:
+        return preset
+    w, _, h = ratio.partition(":")
+    try:
+        aspect = float(w) / float(h)
+    except (ValueError, ZeroDivisionError):
+        return "square_hd"
+    width = round(math.sqrt(1024 * 1024 * aspect) / 16) * 16
+    height = round(math.sqrt(1024 * 1024 / aspect) / 16) * 16
+    return {"width": width, "height": height}
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _mapped(job: ProviderJob, unified: str, value: Any) -> bool:
+    """Whether the catalogue translates this value itself (then no built-in translation applies)."""
+    return str(value) in job.value_maps.get(unified, {})
+
+
+def _messages(detail: list[Any]) -> str:
+    return "; ".join(str(field(d, "msg") or field(d, "type") or d) for d in detail)[:300]
+
+
+class FalAdapter:
+    provider_id = PROVIDER
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        key = settings.fal_key.get_secret_value() if settings.fal_key else ""
+        self._configured = bool(key.strip())
+        self.timeout = settings.provider_request_timeout_seconds
+        self.http = ProviderHttp(
+            PROVIDER,
+            client,
+            settings.fal_queue_url,
+            headers={"Authorization": f"Key {key.strip()}"},
+            poll_interval=settings.provider_poll_interval_seconds,
+        )
+
+    def configured(self) -> bool:
+        return self._configured
+
+    # -- request ---------------------------------------------------------------------
+
+    def native_input(self, job: ProviderJob, index: int = 0, per_call: bool = False) -> dict[str, Any]:
+        """The model's input for one request; a field the catalogue maps to ``""`` is not sent."""
+        body: dict[str, Any] = {}
+
+        def put(unified: str, default: str, value: Any) -> None:
+            name = job.name(unified, default)
+            if name and value is not None:
+                body[name] = job.value(unified, value)
+
+        put("generation_prompt", "prompt", job.prompt)
+        default_ratio = "aspect_ratio" if job.model_type == "video" else "image_size"
+        ratio_name = job.name("generation_ratio", default_ratio)
+        if ratio_name and job.ratio:
+            if ratio_name == "image_size" and not _mapped(job, "generation_ratio", job.ratio):
+                body[ratio_name] = image_size(job.ratio)
+            else:
+                body[ratio_name] = job.value("generation_ratio", job.ratio)
+        if job.model_type == "image":
+            name = job.name("generation_output_format", "output_format")
+            if name:
+                fmt = job.value("generation_output_format", job.output_format)
+                if not _mapped(job, "generation_output_format", job.output_format):
+                    fmt = {"jpg": "jpeg"}.get(job.output_format, job.output_format)  # fal says jpeg
+                body[name] = fmt
+            if not per_call and job.output_number > 1:
+                put("generation_output_number", "num_images", job.output_number)
+        seed = job.seed
+        put("generation_seed", "seed", None if seed is None else seed + index)
+        put("generation_negative_prompt", "negative_prompt", job.specific.get("generation_negative_prompt"))
+        if job.inputs:
+            default = "image_url" if job.model_type == "video" else "image_urls"
+            name = job.name("generation_input_file", default)
+            if name:
+                urls = [image.url for image in job.inputs]
+                body[name] = urls if name in _LIST_IMAGE_FIELDS or name.endswith("s") else urls[0]
+        if job.model_type == "video":
+            if job.duration is not None and (name := job.name("generation_duration", "duration")):
+                # fal's video models take the duration as a string enum ("5", "10").
+                mapped = _mapped(job, "generation_duration", job.duration)
+                body[name] = job.value("generation_duration", job.duration) if mapped else str(job.duration)
+            put("generation_resolution", "resolution", job.resolution)
+            put("generation_generate_audio", "generate_audio", job.generate_audio)
+            if job.last_frame is not None:
+                put("generation_input_file_last_content", "end_image_url", job.last_frame.url)
+        body.update(job.params)
+        return body
+
+    async def submit(self, job: ProviderJob) -> str:
+        app = app_id(job.native_model_id)
+        endpoint = "/".join(quote(p, safe="") for p in job.native_model_id.strip().strip("/").split("/") if p)
+        per_call = job.output_number > 1 and job.name("generation_output_number", "num_images") == ""
+        ids: list[str] = []
+        try:
+            for index in range(job.output_number if per_call else 1):
+                native = self.native_input(job, index, per_call)
+                response = await self._send("POST", f"/{endpoint}", json=native)
+                request_id = field(self.http.decode(response), "request_id")
+                if not isinstance(request_id, str) or not request_id or "," in request_id:
+                    raise ProviderError("bse_provider_error", f"{PROVIDER} sent no request id.", True)
+                ids.append(request_id)
+        except ProviderError:
+            for started in ids:  # a half-submitted batch is useless: stop paying for it
+                await self._cancel_one(app, started)
+            raise
+        return f"{app}|{','.join(ids)}"
+
+    # -- result ----------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_id(prediction_id: str) -> tuple[str, list[str]]:
+        app, sep, rest = prediction_id.partition("|")
+        ids = [r for r in rest.split(",") if r]
+        if not sep or not app or not ids:
+            raise ProviderError("bse_provider_error", f"Malformed {PROVIDER} prediction id.", False)
+        return app, ids
+
+    def _request_path(self, app: str, request_id: str) -> str:
+        return f"/{app}/requests/{quote(request_id, safe='')}"
+
+    async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
+        app, ids = self._parse_id(prediction_id)
+        outputs: list[ProviderOutput] = []
+        predict_time: float | None = None
+        flagged = 0
+        for position, request_id in enumerate(ids):
+            try:
+                took = await self._until_done(app, request_id)
+                result = await self._result(app, request_id)
+            except ProviderError:
+                for other in ids[position + 1 :]:
+                    await self._cancel_one(app, other)
+                raise
+            clean, dropped = self.outputs(job, result)
+            outputs.extend(clean)
+            flagged += dropped
+            if took is not None:
+                predict_time = max(predict_time or 0.0, took)
+        if not outputs:
+            if flagged:
+                raise ProviderError(
+                    "bse_content_policy_violation",
+                    f"{PROVIDER}'s safety checker flagged every output of {prediction_id}.",
+                    retryable=False,
+                )
+            raise ProviderError("bse_provider_error", f"{PROVIDER} finished without any output file.", True)
+        return ProviderResult(outputs=outputs[: job.output_number], predict_time=predict_time)
+
+    async def _until_done(self, app: str, request_id: str) -> float | None:
+        """Poll until COMPLETED; the runner's inference time when fal reports it."""
+        path = f"{self._request_path(app, request_id)}/status"
+        while True:
+            status = await self.http.poll_json("GET", path, request_timeout=self.timeout)
+            state = field(status, "status")
+            if state in RUNNING:
+                await self.http.pause()
+                continue
+            if state == "COMPLETED":
+                took = field(status, "metrics", "inference_time")
+                return float(took) if isinstance(took, int | float) else None
+            raise ProviderError(
+                "bse_provider_error", f"{PROVIDER} reported an unknown status {str(state)[:40]!r}.", True
+            )
+
+    async def _result(self, app: str, request_id: str) -> Any:
+        """The finished request's answer: its output, or the error it ended with."""
+        path = self._request_path(app, request_id)
+        for attempt in range(_RESULT_FETCH_RETRIES + 1):
+            try:
+                response = await self._send("GET", path, request_id=request_id)
+            except ProviderError as exc:
+                # A rate limit, a timeout or a bare edge error is not the request's answer.
+                transient = exc.http_status in (429, 502, 503, 504) or exc.error == "bse_provider_timeout"
+                if not transient or exc.retryable is False or attempt == _RESULT_FETCH_RETRIES:
+                    raise
+                await self.http.pause()
+                continue
+            return self.http.decode(response)
+        raise AssertionError("unreachable")
+
+    def outputs(self, job: ProviderJob, result: Any) -> tuple[list[ProviderOutput], int]:
+        """The output files of one result, and how many the safety checker flagged."""
+        files: list[Any] = []
+        for key in ("images", "videos"):
+            if isinstance(field(result, key), list):
+                files.extend(result[key])
+        for key in ("image", "video"):
+            if isinstance(field(result, key), dict):
+                files.append(result[key])
+        flags = field(result, "has_nsfw_concepts")
+        flags = flags if isinstance(flags, list) else []
+        outputs: list[ProviderOutput] = []
+        dropped = 0
+        for i, file in enumerate(files):
+            url = field(file, "url")
+            if not isinstance(url, str) or not url:
+                continue
+            if i < len(flags) and flags[i] is True:
+                dropped += 1
+                continue
+            outputs.append(self._output(job, url, field(file, "content_type")))
+        return outputs, dropped
+
+    @staticmethod
+    def _output(job: ProviderJob, url: str, content_type: Any) -> ProviderOutput:
+        ext = next((e for e, t in CONTENT_TYPES.items() if t == content_type), None)
+        if ext is None or url.startswith("data:"):
+            return output_for(url, job)  # from the URL's suffix (or the data URI's type)
+        return ProviderOutput(ext=ext, content_type=CONTENT_TYPES[ext], url=url)
+
+    # -- HTTP with fal's error bodies -------------------------------------------------
+
+    async def _send(
+        self, method: str, path: str, *, request_id: str | None = None, **kw: Any
+    ) -> httpx.Response:
+        """One request; a non-2xx answer is read for fal's typed errors before mapping it."""
+        try:
+            response = await self.http.client.request(
+                method, self.http.url(path), headers=self.http.headers, timeout=self.timeout, **kw
+            )
+        except httpx.TimeoutException as exc:
+            message = f"{PROVIDER} did not answer in time ({type(exc).__name__})."
+            raise ProviderError("bse_provider_timeout", message, retryable=True) from exc
+        except httpx.HTTPError as exc:
+            message = f"{PROVIDER} could not be reached: {type(exc).__name__}."
+            raise ProviderError("bse_provider_error", message, retryable=True) from exc
+        if response.status_code >= 400:
+            raise self.error(response, request_id)
+        return response
+
+    @staticmethod
+    def error(response: httpx.Response, request_id: str | None = None) -> ProviderError:
+        status = response.status_code
+        body = _body(response)
+        detail = field(body, "detail")
+        retryable_header = response.headers.get("x-fal-retryable", "").lower()
+        if isinstance(detail, list) and detail:
+            types = [str(field(d, "type") or "") for d in detail]
+            for fal_type, contract in _TYPED_ERRORS.items():
+                if fal_type in types:
+                    message = f"{PROVIDER} refused the request ({fal_type}): {_messages(detail)}"
+                    return ProviderError(contract, message, retryable=False, http_status=status)
+            if status in (400, 422):
+                message = f"{PROVIDER} rejected the input: {_messages(detail)}"
+                return ProviderError("bse_invalid_input", message, retryable=False, http_status=status)
+        error_type = field(body, "error_type") or response.headers.get("x-fal-error-type")
+        if error_type == "client_cancelled":
+            err = canceled_upstream(PROVIDER, request_id or response.headers.get("x-fal-request-id") or "?")
+            err.http_status = status
+            return err
+        if status == 403 and isinstance(detail, str) and "balance" in detail.lower():
+            message = f"{PROVIDER} account is out of balance: {detail[:200]}"
+            return ProviderError("bse_provider_credits_exhausted", message, False, http_status=status)
+        err = error_for_status(PROVIDER, response)
+        if err.error == "bse_provider_error" and retryable_header == "false":
+            err.retryable = False
+        return err
+
+    # -- cancel ----------------------------------------------------------------------
+
+    async def cancel(self, prediction_id: str) -> bool:
+        app, ids = self._parse_id(prediction_id)
+        results = [await self._cancel_one(app, one) for one in ids]
+        return all(results)
+
+    async def _cancel_one(self, app: str, request_id: str) -> bool:
+        try:
+            await self._send("PUT", f"{self._request_path(app, request_id)}/cancel", request_id=request_id)
+        except ProviderError:
+            return False
+        return True

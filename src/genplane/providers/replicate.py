@@ -1,0 +1,277 @@
+"""Replicate: predictions created over HTTP, then polled by id until they end.
+
+Protocol facts this adapter relies on:
+
+- Official models (``owner/name`` in the catalogue) run without a version at
+  ``POST /v1/models/{owner}/{name}/predictions``; any other model must be pinned to a
+  version (``owner/name:<version>`` or the bare 64-hex version id) and runs at
+  ``POST /v1/predictions`` with ``version`` in the body. Both take ``{"input": {...}}``
+  and authenticate with ``Authorization: Bearer <token>``.
+- A prediction has a global id readable at ``GET /v1/predictions/{id}`` from any
+  process, so the id alone is enough to resume after a restart. Several ids (one
+  prediction per output, for models that make one image per call) are joined by ``,``.
+- ``Prefer: wait`` is deliberately not sent: it holds the create call open until the
+  model finishes, and the worker records the prediction id only after ``submit``
+  returns. A crash inside that window would pay for a prediction nobody waits on.
+- ``status`` goes ``starting`` -> ``processing`` -> ``succeeded`` | ``failed`` |
+  ``canceled`` (``aborted`` when it was stopped before it started). The reason of a
+  failure is free text in ``error``; safety-checker refusals are recognised by their
+  wording (NSFW, "flagged as sensitive" / E005), since the API has no separate status.
+- ``output`` is whatever the model returns: a URL, a list of URLs, occasionally an
+  object holding them (or a data URI). File URLs expire after about an hour, which is
+  why outputs are handed back as URLs for the worker to download at once.
+- Errors of the API itself are RFC 7807 problem documents with the meaningful HTTP
+  status (401, 402 out of credit, 422 invalid input, 429 with Retry-After); the shared
+  mapping in ``http.py`` turns those into contract errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
+from genplane.providers.http import ProviderHttp, field
+from genplane.settings import Settings
+
+PROVIDER = "replicate"
+RUNNING = frozenset({"starting", "processing"})
+_VERSION_ID = re.compile(r"^[0-9a-f]{64}$")
+# Wording of safety-checker refusals in ``error`` (model code and Replicate's own filter).
+_MODERATION_MARKERS = (
+    "nsfw",
+    "flagged as sensitive",
+    "(e005)",
+    "content moderat",
+    "moderation",
+    "safety filter",
+    "safety check",
+    "content policy",
+    "sensitive content",
+)
+# Native parameters that take a list of images rather than a single one.
+_LIST_IMAGE_FIELDS = frozenset({"image_input", "input_images", "images", "reference_images", "image_urls"})
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+    "mov": "video/quicktime",
+}
+
+
+def _ext_for(url: str, job: ProviderJob) -> str:
+    """The file extension of an output URL, or the requested format when it has none."""
+    suffix = urlsplit(url).path.rsplit("/", 1)[-1].rpartition(".")[2].lower()
+    suffix = {"jpeg": "jpg"}.get(suffix, suffix)
+    if suffix in CONTENT_TYPES:
+        return suffix
+    return "mp4" if job.model_type == "video" else job.output_format
+
+
+def _urls(output: Any) -> list[str]:
+    """Every file URL in a model's output, in order, whatever shape the model chose."""
+    if isinstance(output, str):
+        return [output] if output.startswith(("https://", "http://", "data:")) else []
+    if isinstance(output, list):
+        return [u for item in output for u in _urls(item)]
+    if isinstance(output, dict):
+        return [u for item in output.values() for u in _urls(item)]
+    return []
+
+
+def decode_data_uri(uri: str) -> tuple[str, bytes]:
+    """``data:<type>;base64,<data>`` -> (content type, bytes)."""
+    header, _, payload = uri.partition(",")
+    content_type = header[5:].split(";", 1)[0] or "application/octet-stream"
+    try:
+        return content_type, base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProviderError("bse_provider_error", f"{PROVIDER} sent an undecodable data URI.", True) from exc
+
+
+def output_for(url: str, job: ProviderJob) -> ProviderOutput:
+    if url.startswith("data:"):
+        content_type, data = decode_data_uri(url)
+        ext = next((e for e, t in CONTENT_TYPES.items() if t == content_type), _ext_for("", job))
+        return ProviderOutput(ext=ext, content_type=content_type, data=data)
+    ext = _ext_for(url, job)
+    return ProviderOutput(ext=ext, content_type=CONTENT_TYPES.get(ext, "application/octet-stream"), url=url)
+
+
+def canceled_upstream(provider: str, prediction_id: str) -> ProviderError:
+    return ProviderError(
+        "bse_provider_error", f"{provider} job {prediction_id} was canceled upstream.", retryable=True
+    )
+
+
+class ReplicateAdapter:
+    provider_id = PROVIDER
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
+        token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else ""
+        self._configured = bool(token.strip())
+        self.timeout = settings.provider_request_timeout_seconds
+        self.http = ProviderHttp(
+            PROVIDER,
+            client,
+            settings.replicate_base_url,
+            headers={"Authorization": f"Bearer {token.strip()}"},
+            poll_interval=settings.provider_poll_interval_seconds,
+        )
+
+    def configured(self) -> bool:
+        return self._configured
+
+    # -- request ---------------------------------------------------------------------
+
+    def native_input(self, job: ProviderJob, index: int = 0, per_call: bool = False) -> dict[str, Any]:
+        """The model's ``input`` object for one prediction.
+
+        A unified field the catalogue maps to ``""`` is a parameter this model lacks:
+        it is not sent (for ``generation_output_number`` that means one prediction per
+        output, ``index`` numbering them).
+        """
+        body: dict[str, Any] = {}
+
+        def put(unified: str, default: str, value: Any) -> None:
+            name = job.name(unified, default)
+            if name and value is not None:
+                body[name] = job.value(unified, value)
+
+        put("generation_prompt", "prompt", job.prompt)
+        put("generation_ratio", "aspect_ratio", job.ratio)
+        if job.model_type == "image":
+            put("generation_output_format", "output_format", job.output_format)
+            if not per_call and job.output_number > 1:
+                put("generation_output_number", "num_outputs", job.output_number)
+        seed = job.seed
+        put("generation_seed", "seed", None if seed is None else seed + index)
+        put("generation_negative_prompt", "negative_prompt", job.specific.get("generation_negative_prompt"))
+        if job.inputs:
+            name = job.name("generation_input_file", "image" if job.model_type == "video" else "image_input")
+            if name:
+                urls = [image.url for image in job.inputs]
+                body[name] = urls if name in _LIST_IMAGE_FIELDS or name.endswith("s") else urls[0]
+        if job.model_type == "video":
+            put("generation_duration", "duration", job.duration)
+            put("generation_resolution", "resolution", job.resolution)
+            put("generation_generate_audio", "generate_audio", job.generate_audio)
+            if job.last_frame is not None:
+                put("generation_input_file_last_content", "last_frame_image", job.last_frame.url)
+        body.update(job.params)
+        return body
+
+    def _create_call(self, model_id: str, native_input: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The create path and body: official models by name, others by version."""
+        model_id = model_id.strip()
+        name, _, version = model_id.partition(":")
+        if not version and _VERSION_ID.match(name):
+            version, name = name, ""
+        if version:
+            return "/v1/predictions", {"version": version, "input": native_input}
+        owner, _, model = name.partition("/")
+        if not owner or not model or "/" in model:
+            raise ProviderError(
+                "bse_model_not_configured", f"{model_id!r} is not a Replicate model id.", retryable=False
+            )
+        return f"/v1/models/{quote(owner, safe='')}/{quote(model, safe='')}/predictions", {
+            "input": native_input
+        }
+
+    async def submit(self, job: ProviderJob) -> str:
+        per_call = job.output_number > 1 and job.name("generation_output_number", "num_outputs") == ""
+        calls = job.output_number if per_call else 1
+        ids: list[str] = []
+        try:
+            for index in range(calls):
+                path, body = self._create_call(job.native_model_id, self.native_input(job, index, per_call))
+                answer = await self.http.json("POST", path, json=body, request_timeout=self.timeout)
+                prediction_id = field(answer, "id")
+                if not isinstance(prediction_id, str) or not prediction_id:
+                    raise ProviderError("bse_provider_error", f"{PROVIDER} sent no prediction id.", True)
+                ids.append(prediction_id)
+        except ProviderError:
+            for started in ids:  # a half-submitted batch is useless: stop paying for it
+                await self._cancel_one(started)
+            raise
+        return ",".join(ids)
+
+    # -- result ----------------------------------------------------------------------
+
+    async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
+        ids = [p for p in prediction_id.split(",") if p]
+        if not ids:
+            raise ProviderError("bse_provider_error", f"Malformed {PROVIDER} prediction id.", False)
+        outputs: list[ProviderOutput] = []
+        predict_time: float | None = None
+        for position, one in enumerate(ids):
+            try:
+                prediction = await self._until_done(one)
+            except ProviderError:
+                for other in ids[position + 1 :]:
+                    await self._cancel_one(other)
+                raise
+            outputs.extend(output_for(url, job) for url in _urls(prediction.get("output")))
+            took = field(prediction, "metrics", "predict_time")
+            if isinstance(took, int | float):
+                predict_time = max(predict_time or 0.0, float(took))
+        if not outputs:
+            raise ProviderError("bse_provider_error", f"{PROVIDER} finished without any output file.", True)
+        return ProviderResult(outputs=outputs[: job.output_number], predict_time=predict_time)
+
+    async def _until_done(self, prediction_id: str) -> dict[str, Any]:
+        path = f"/v1/predictions/{quote(prediction_id, safe='')}"
+        while True:
+            prediction = await self.http.poll_json("GET", path, request_timeout=self.timeout)
+            status = field(prediction, "status")
+            if status in RUNNING:
+                await self.http.pause()
+                continue
+            if status == "succeeded":
+                return dict(prediction)
+            if status == "failed":
+                raise self.failure(prediction_id, field(prediction, "error"))
+            if status in ("canceled", "aborted"):
+                raise canceled_upstream(PROVIDER, prediction_id)
+            raise ProviderError(
+                "bse_provider_error", f"{PROVIDER} reported an unknown status {str(status)[:40]!r}.", True
+            )
+
+    @staticmethod
+    def failure(prediction_id: str, error: Any) -> ProviderError:
+        text = (str(error) if error else "no reason given").replace("\n", " ").strip()[:300]
+        lowered = text.lower()
+        if any(marker in lowered for marker in _MODERATION_MARKERS):
+            return ProviderError(
+                "bse_content_policy_violation",
+                f"{PROVIDER} refused the content of prediction {prediction_id}: {text}",
+                retryable=False,
+            )
+        return ProviderError(
+            "bse_provider_error", f"{PROVIDER} prediction {prediction_id} failed: {text}", retryable=True
+        )
+
+    # -- cancel ----------------------------------------------------------------------
+
+    async def cancel(self, prediction_id: str) -> bool:
+        results = [await self._cancel_one(one) for one in prediction_id.split(",") if one]
+        return bool(results) and all(results)
+
+    async def _cancel_one(self, prediction_id: str) -> bool:
+        try:
+            await self.http.send(
+                "POST",
+                f"/v1/predictions/{quote(prediction_id, safe='')}/cancel",
+                request_timeout=self.timeout,
+            )
+        except ProviderError:
+            return False
+        return True
