@@ -17,6 +17,7 @@ cached for a few seconds so a create costs no extra query.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -151,8 +152,8 @@ class ProviderRanker:
         snap = await self._current()
         empty = ProviderStats()
         scores = {p: snap.stats.get((p, model.model_identifier), empty).expected_ms() for p in candidates}
-        known = sorted(s for s in scores.values() if s is not None)
-        neutral = known[len(known) // 2] if known else 0.0
+        known = [s for s in scores.values() if s is not None and s != float("inf")]
+        neutral = statistics.median(known) if known else 0.0
         position = {p: i for i, p in enumerate(candidates)}
 
         def key(p: str) -> tuple[bool, float, int]:
