@@ -135,8 +135,11 @@ async def harness_factory(settings_factory: Callable[..., Settings]) -> AsyncIte
     """Start apps with custom settings; each is shut down at the end of the test."""
     stack: list[Any] = []
 
-    async def start(client_host: str = "127.0.0.1", **overrides: Any) -> Harness:
-        app = create_app(settings_factory(**overrides))
+    async def start(
+        client_host: str = "127.0.0.1", transport: httpx.AsyncBaseTransport | None = None, **overrides: Any
+    ) -> Harness:
+        """``transport`` stands in for the network the app reaches providers through."""
+        app = create_app(settings_factory(**overrides), transport=transport)
         ctx = app.router.lifespan_context(app)
         await ctx.__aenter__()
         transport = httpx.ASGITransport(app=app, client=(client_host, 50000))

@@ -174,11 +174,13 @@ def field(data: Any, *path: str | int) -> Any:
     """``data[path[0]][path[1]]...`` or None, for provider JSON whose shape varies by state."""
     for key in path:
         if isinstance(key, int):
-            if not isinstance(data, list) or len(data) <= key:
+            if not isinstance(data, list) or not -len(data) <= key < len(data):
                 return None
-        elif not isinstance(data, dict):
-            return None
-        data = data[key]
+            data = data[key]
+        else:
+            if not isinstance(data, dict):
+                return None
+            data = data.get(key)
     return data
 
 
