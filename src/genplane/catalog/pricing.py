@@ -1,22 +1,29 @@
-"""Prices in milli-credits; the create path and the estimate operation both call these."""
+"""Prices; the create path and the estimate operation both call these.
+
+Catalogue prices are decimal credits (a video's per second, an image's per output).
+A cost is computed exactly and rounded to milli-credits once, at the end: rounding a
+per-second price of 0.0015 to 0.002 first would overcharge a two-second clip by a third.
+"""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from genplane.catalog.loader import ModelEntry
 from genplane.credits.ledger import to_millis
 from genplane.errors import ApiError
 
 
-def unit_price_millis(model: ModelEntry, resolution: str | None = None, audio: bool = False) -> int:
+def unit_price(model: ModelEntry, resolution: str | None = None, audio: bool = False) -> Decimal:
     """Price of one output image, or of one second of video at ``resolution`` (with audio)."""
     pricing = model.model_pricing
     if isinstance(pricing, int | float):
-        return to_millis(pricing)
+        return Decimal(str(pricing))
     res = resolution or (model.schema_.generation_resolution or [""])[0]
     key = f"{res}_audio" if audio else res
     if key not in pricing:
         raise ApiError("bse_model_not_configured", f"{model.model_identifier} has no price for {key}.")
-    return to_millis(pricing[key])
+    return Decimal(str(pricing[key]))
 
 
 def generation_cost_millis(
@@ -27,7 +34,7 @@ def generation_cost_millis(
     resolution: str | None = None,
     audio: bool = False,
 ) -> int:
-    unit = unit_price_millis(model, resolution, audio)
+    unit = unit_price(model, resolution, audio)
     if model.model_type == "video":
-        return unit * (duration or 0) * outputs
-    return unit * outputs
+        return to_millis(unit * (duration or 0) * outputs)
+    return to_millis(unit * outputs)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -96,13 +97,19 @@ def _is_busy(exc: OperationalError) -> bool:
 
 
 class _Checkpointer:
-    """Moves the WAL into the database file off the event loop, shortly after writes."""
+    """Moves the WAL into the database file off the event loop, shortly after writes.
+
+    Checkpoints run on worker threads, and a canceled ``await`` does not stop the
+    thread, so one lock serialises checkpoints and the final close: the connection
+    is never closed under a checkpoint still running.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.dirty = False
         self._task: asyncio.Task[None] | None = None
         self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     def wrote(self) -> None:
         self.dirty = True
@@ -110,9 +117,18 @@ class _Checkpointer:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def _checkpoint(self) -> None:
-        if self._conn is None:
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _close(self, checkpoint_first: bool) -> None:
+        if checkpoint_first:
+            self._checkpoint()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     async def _loop(self) -> None:
         while True:
@@ -127,11 +143,8 @@ class _Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.dirty:
-            await asyncio.to_thread(self._checkpoint)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        await asyncio.to_thread(self._close, self.dirty)
+        self.dirty = False
 
 
 class Database:

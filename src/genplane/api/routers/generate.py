@@ -12,7 +12,7 @@ from genplane.accounts.service import AuthContext
 from genplane.api.deps import require, services
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import CreateData, Envelope, EstimateData
-from genplane.catalog.pricing import unit_price_millis
+from genplane.catalog.pricing import generation_cost_millis, unit_price
 from genplane.credits.ledger import balance_millis, to_credits
 from genplane.errors import ApiError
 from genplane.generations.idempotency import check_key
@@ -141,17 +141,20 @@ async def estimate(
             raise ApiError(
                 "bse_unsupported_parameter", "This model has no audio option.", details={"field": "audio"}
             )
-        per_second = unit_price_millis(model, res, audio)
-        per_generation = per_second * seconds
-        data.update(cost_per_second=to_credits(per_second), duration_seconds=seconds, resolution=res)
+        per_generation = generation_cost_millis(model, duration=seconds, resolution=res, audio=audio)
+        data.update(
+            cost_per_second=float(unit_price(model, res, audio)), duration_seconds=seconds, resolution=res
+        )
     else:
         if duration is not None or resolution is not None or audio:
             raise ApiError(
                 "bse_unsupported_parameter",
                 "duration, resolution and audio apply to video models.",
-                details={"field": "duration" if duration is not None else "resolution"},
+                details={
+                    "field": "duration" if duration is not None else "resolution" if resolution else "audio"
+                },
             )
-        per_generation = unit_price_millis(model)
+        per_generation = generation_cost_millis(model)
     balance = await balance_millis(svc.db, auth.account_id)
     total = per_generation * count
     data.update(

@@ -106,9 +106,8 @@ async def health_providers(request: Request, auth: Health) -> object:
         adapter = svc.providers.get(row["provider"])
         if adapter is None or not adapter.configured():
             row["status"] = "unknown"
-    healthy = any(
-        r["status"] in ("healthy", "unknown") and svc.providers.get(r["provider"]) is not None for r in rows
-    )
+    configured = {pid for pid, adapter in svc.providers.items() if adapter.configured()}
+    healthy = any(r["status"] in ("healthy", "unknown") and r["provider"] in configured for r in rows)
     return ok(
         request, {"service": "providers", "healthy": healthy, "providers": rows, "providers_total": len(rows)}
     )
