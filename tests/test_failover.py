@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select
 
@@ -37,6 +38,15 @@ models:
     providers:
       replicate: {{model_id: black-forest-labs/flux-schnell}}
       fal: {{model_id: fal-ai/flux/schnell}}
+  - model_identifier: test/jpeg-only
+    model_type: image
+    model_pricing: 0.003
+    schema:
+      generation_ratio: ["1:1"]
+      generation_output_format: [png, webp]
+      generation_output_number: 1
+    providers:
+      fal: {{model_id: fal-ai/flux/schnell, fields: {{generation_output_format: ""}}}}
 """
 
 
@@ -351,3 +361,18 @@ async def test_restart_resumes_waiting_on_the_same_prediction(tmp_path: Path) ->
     finally:
         await client.aclose()
         await ctx.__aexit__(None, None, None)
+
+
+async def test_outputs_are_stored_in_the_requested_format(rig_factory: Callable[..., Any]) -> None:
+    """A binding that cannot ask for a format gets fal's default JPEG; the client still gets PNG."""
+    rig = await rig_factory()
+    caller = await rig.harness.caller(credits="1")
+    r = await caller.create_image(
+        {"generation_prompt": "a fox", "generation_output_format": "png"}, model="test/jpeg-only"
+    )
+    record = await caller.wait(r.json()["data"]["generation_id"])
+    assert "output_format" not in orjson.loads(rig.network.requests_to("queue.fal.run")[0].body)
+    assert record["generation_status"] == "succeeded"
+    body = (await caller.client.get(record["generation_output_file"][0])).content
+    assert body.startswith(b"\x89PNG")
+    assert record["generation_output_file"][0].endswith(".png")

@@ -31,6 +31,7 @@ from genplane.clock import utcnow
 from genplane.db.models import Generation
 from genplane.errors import ERRORS, ApiError
 from genplane.jobs.fetch import FileFetcher
+from genplane.jobs.media import in_requested_format
 from genplane.providers.base import (
     InputImage,
     ProviderAdapter,
@@ -132,7 +133,7 @@ class ProviderChain:
             resume = {}
             try:
                 prediction_id, result = await self._attempt(adapter, job, prediction_id, note_prediction)
-                outputs = await self._download(result, gen.model_type)
+                outputs = await self._download(result, gen.model_type, job.output_format)
             except ProviderError as exc:
                 await record_attempt(provider_id, "failed", started, exc.error, exc.message)
                 errors.append(provider_error_entry(provider_id, exc.error, exc.message, exc.retryable))
@@ -241,12 +242,13 @@ class ProviderChain:
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
-    async def _download(self, result: ProviderResult, model_type: str) -> list[ProviderOutput]:
+    async def _download(self, result: ProviderResult, model_type: str, fmt: str) -> list[ProviderOutput]:
+        """Every output as bytes in the requested format, URLs fetched before they expire."""
         kind: Literal["image", "video"] = "video" if model_type == "video" else "image"
         outputs = []
         for output in result.outputs:
             if output.data is not None:
-                outputs.append(output)
+                outputs.append(await in_requested_format(output, kind, fmt))
                 continue
             if not output.url:
                 message = "The provider returned an output without data."
@@ -254,7 +256,8 @@ class ProviderChain:
             got = await self.fetcher.fetch_output(
                 output.url, max_bytes=self.settings.max_output_file_bytes, kind=kind
             )
-            outputs.append(ProviderOutput(ext=got.ext, content_type=got.content_type, data=got.data))
+            fetched = ProviderOutput(ext=got.ext, content_type=got.content_type, data=got.data)
+            outputs.append(await in_requested_format(fetched, kind, fmt))
         return outputs
 
     async def _cancel_upstream(self, adapter: ProviderAdapter, prediction_id: str) -> None:
