@@ -68,5 +68,6 @@ class EdgeMiddleware:
             auth = state.get("auth")
             route = scope.get("route")
             if auth is not None and route is not None:
-                endpoint = f"{scope['method']} {getattr(route, 'path', scope.get('path'))}"
+                path = str(getattr(route, "path", scope.get("path"))).replace(":path}", "}")
+                endpoint = f"{scope['method']} {path}"
                 services.usage.record(auth.account_id, endpoint, status, state.get("error_name"))

@@ -205,8 +205,10 @@ class Worker:
         error: str | None = None,
         message: str | None = None,
     ) -> None:
+        # A canceled prediction ran upstream for a while: count it as wasted spend.
+        cost = gen.cost_millis if outcome == "cancelled" else 0
         async with self.db.write() as s:
-            repo.record_attempt(s, gen, provider_id, outcome, started, error, message)
+            repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
 
     async def _store(self, gen: Generation, outputs: list[ProviderOutput]) -> list[StoredFile]:
         stored: list[StoredFile] = []
