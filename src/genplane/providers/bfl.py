@@ -15,7 +15,12 @@ Protocol facts this relies on:
   (``result.sample`` is a signed URL that expires after about ten minutes, handed to
   the worker to download at once), ``Request Moderated`` / ``Content Moderated`` (the
   prompt, an input or the output was refused), ``Error`` and ``Task not found``.
-- There is no cancel endpoint: a submitted task runs, and is billed, to the end.
+- There is no cancel endpoint: a submitted task runs, and is billed, to the end. So
+  when the 2nd..Nth submission of one job meets a 429 (BFL caps active tasks per
+  account), a short Retry-After is waited out here: failing the whole submit would
+  make the chain submit all N again and orphan the tasks already running.
+- Errors answer FastAPI's ``{"detail": ...}``; a prompt refused at once is a 400 whose
+  detail says it was moderated, which the status alone cannot tell from a bad field.
 - Size is ``aspect_ratio`` on Kontext and Ultra and ``width``/``height`` (multiples of 32)
   on the others; input images go as base64 in ``input_image``, ``input_image_2``, ...
   (the bytes the worker already fetched and checked, so BFL sees exactly those).
@@ -23,6 +28,7 @@ Protocol facts this relies on:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 from typing import Any
@@ -31,7 +37,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, field
+from genplane.providers.coded_http import CodedProviderHttp, json_body
+from genplane.providers.http import MAX_RETRY_AFTER_SECONDS
 from genplane.settings import Settings
 
 # Sentinel for ``fields: {generation_ratio: width,height}``: send pixel dimensions.
@@ -44,8 +51,28 @@ _NATIVE_FORMATS = {"jpg": "jpeg"}
 _EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
-_PENDING = {"Pending", "Queued", "Processing"}
 _MODERATED = {"Request Moderated", "Content Moderated"}
+# Waits for a 429 on the 2nd..Nth task of a job before giving up on the submit.
+_LATER_TASK_RATE_LIMIT_RETRIES = 3
+
+
+def field(data: Any, *path: str) -> Any:
+    """``data[path[0]][path[1]]...``, or None where a step is missing or not an object."""
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderError:
+    """A 400/422 whose ``detail`` says the request was moderated is a content refusal."""
+    detail = json_body(response).get("detail")
+    if response.status_code in (400, 422) and "moderat" in str(detail).lower():
+        return ProviderError(
+            "bse_content_policy_violation",
+            f"bfl refused the request under its content policy: {str(detail)[:200]}",
+            retryable=False,
+        )
+    return shared
 
 
 def dimensions(ratio: str) -> tuple[int, int]:
@@ -79,10 +106,11 @@ class BflAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else ""
         self._has_key = bool(key)
-        self.http = ProviderHttp(
+        self.http = CodedProviderHttp(
             "bfl",
             client,
             settings.bfl_base_url,
+            refine_error,
             headers={"x-key": key} if key else {},
             poll_interval=settings.provider_poll_interval_seconds,
         )
@@ -139,7 +167,7 @@ class BflAdapter:
     async def submit(self, job: ProviderJob) -> str:
         entries = []
         for index in range(max(1, job.output_number)):
-            answer = await self._post(f"/v1/{job.native_model_id}", self.request_body(job, index))
+            answer = await self._post(f"/v1/{job.native_model_id}", self.request_body(job, index), index)
             task_id = answer.get("id") if isinstance(answer, dict) else None
             if not isinstance(task_id, str) or not task_id or "," in task_id or "@" in task_id:
                 raise ProviderError("bse_provider_error", "bfl answered without a usable task id.", True)
@@ -147,19 +175,21 @@ class BflAdapter:
             entries.append(f"{task_id}@{host}" if host and host != self._base_host else task_id)
         return ",".join(entries)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        try:
-            return await self.http.json("POST", path, json=body, request_timeout=self.request_timeout)
-        except ProviderError as exc:
-            # A refused prompt can be answered at once, with a short ``{"detail": ...}``.
-            if exc.http_status in (400, 422) and "moderat" in exc.message.lower():
-                raise ProviderError(
-                    "bse_content_policy_violation",
-                    "bfl refused the request under its content policy.",
-                    retryable=False,
-                    http_status=exc.http_status,
-                ) from exc
-            raise
+    async def _post(self, path: str, body: dict[str, Any], index: int) -> Any:
+        for attempt in range(_LATER_TASK_RATE_LIMIT_RETRIES + 1):
+            try:
+                return await self.http.json("POST", path, json=body, request_timeout=self.request_timeout)
+            except ProviderError as exc:
+                wait = exc.retry_after if exc.retry_after is not None else self.http.poll_interval
+                if (
+                    index == 0  # nothing is running yet: the chain may retry or move on freely
+                    or exc.http_status != 429
+                    or wait > MAX_RETRY_AFTER_SECONDS
+                    or attempt == _LATER_TASK_RATE_LIMIT_RETRIES
+                ):
+                    raise
+                await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     def _polling_host(self, polling_url: Any) -> str | None:
         if not isinstance(polling_url, str):
@@ -196,7 +226,7 @@ class BflAdapter:
             if status == "Ready":
                 result = field(data, "result")
                 if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
-                    raise ProviderError("bse_provider_error", "bfl reported Ready without a sample URL.", True)
+                    raise ProviderError("bse_provider_error", "bfl reported Ready without a sample.", True)
                 return result
             if status in _MODERATED:
                 reasons = field(data, "details", "Moderation Reasons")
@@ -207,13 +237,14 @@ class BflAdapter:
                     retryable=False,
                 )
             if status == "Error":
-                raise ProviderError("bse_provider_error", f"bfl task {task_id} failed: {_details(data)}", True)
+                message = f"bfl task {task_id} failed: {_details(data)}"
+                raise ProviderError("bse_provider_error", message, retryable=True)
             if status == "Task not found":
-                raise ProviderError(
-                    "bse_provider_error", f"bfl no longer knows task {task_id} (expired or never created).", True
-                )
-            if status not in _PENDING and not isinstance(status, str):
+                message = f"bfl no longer knows task {task_id} (expired or never created)."
+                raise ProviderError("bse_provider_error", message, retryable=True)
+            if not isinstance(status, str):
                 raise ProviderError("bse_provider_error", "bfl sent a status answer without a status.", True)
+            # Pending, or a state this adapter does not know yet: keep polling.
             await self.http.pause()
 
     @staticmethod

@@ -36,8 +36,8 @@ import httpx
 import orjson
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, error_for_status, field
-from genplane.providers.replicate import CONTENT_TYPES, canceled_upstream, output_for
+from genplane.providers.http import ProviderHttp, error_for_status
+from genplane.providers.outputs import canceled_upstream, dig, output_for
 from genplane.settings import Settings
 
 PROVIDER = "fal"
@@ -110,7 +110,7 @@ def _mapped(job: ProviderJob, unified: str, value: Any) -> bool:
 
 
 def _messages(detail: list[Any]) -> str:
-    return "; ".join(str(field(d, "msg") or field(d, "type") or d) for d in detail)[:300]
+    return "; ".join(str(dig(d, "msg") or dig(d, "type") or d) for d in detail)[:300]
 
 
 class FalAdapter:
@@ -189,7 +189,7 @@ class FalAdapter:
             for index in range(job.output_number if per_call else 1):
                 native = self.native_input(job, index, per_call)
                 response = await self._send("POST", f"/{endpoint}", json=native)
-                request_id = field(self.http.decode(response), "request_id")
+                request_id = dig(self.http.decode(response), "request_id")
                 if not isinstance(request_id, str) or not request_id or "," in request_id:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} sent no request id.", True)
                 ids.append(request_id)
@@ -245,12 +245,12 @@ class FalAdapter:
         path = f"{self._request_path(app, request_id)}/status"
         while True:
             status = await self.http.poll_json("GET", path, request_timeout=self.timeout)
-            state = field(status, "status")
+            state = dig(status, "status")
             if state in RUNNING:
                 await self.http.pause()
                 continue
             if state == "COMPLETED":
-                took = field(status, "metrics", "inference_time")
+                took = dig(status, "metrics", "inference_time")
                 return float(took) if isinstance(took, int | float) else None
             raise ProviderError(
                 "bse_provider_error", f"{PROVIDER} reported an unknown status {str(state)[:40]!r}.", True
@@ -276,31 +276,24 @@ class FalAdapter:
         """The output files of one result, and how many the safety checker flagged."""
         files: list[Any] = []
         for key in ("images", "videos"):
-            if isinstance(field(result, key), list):
+            if isinstance(dig(result, key), list):
                 files.extend(result[key])
         for key in ("image", "video"):
-            if isinstance(field(result, key), dict):
+            if isinstance(dig(result, key), dict):
                 files.append(result[key])
-        flags = field(result, "has_nsfw_concepts")
+        flags = dig(result, "has_nsfw_concepts")
         flags = flags if isinstance(flags, list) else []
         outputs: list[ProviderOutput] = []
         dropped = 0
         for i, file in enumerate(files):
-            url = field(file, "url")
+            url = dig(file, "url")
             if not isinstance(url, str) or not url:
                 continue
             if i < len(flags) and flags[i] is True:
                 dropped += 1
                 continue
-            outputs.append(self._output(job, url, field(file, "content_type")))
+            outputs.append(output_for(PROVIDER, url, job, dig(file, "content_type")))
         return outputs, dropped
-
-    @staticmethod
-    def _output(job: ProviderJob, url: str, content_type: Any) -> ProviderOutput:
-        ext = next((e for e, t in CONTENT_TYPES.items() if t == content_type), None)
-        if ext is None or url.startswith("data:"):
-            return output_for(url, job)  # from the URL's suffix (or the data URI's type)
-        return ProviderOutput(ext=ext, content_type=CONTENT_TYPES[ext], url=url)
 
     # -- HTTP with fal's error bodies -------------------------------------------------
 
@@ -326,10 +319,10 @@ class FalAdapter:
     def error(response: httpx.Response, request_id: str | None = None) -> ProviderError:
         status = response.status_code
         body = _body(response)
-        detail = field(body, "detail")
+        detail = dig(body, "detail")
         retryable_header = response.headers.get("x-fal-retryable", "").lower()
         if isinstance(detail, list) and detail:
-            types = [str(field(d, "type") or "") for d in detail]
+            types = [str(dig(d, "type") or "") for d in detail]
             for fal_type, contract in _TYPED_ERRORS.items():
                 if fal_type in types:
                     message = f"{PROVIDER} refused the request ({fal_type}): {_messages(detail)}"
@@ -337,7 +330,7 @@ class FalAdapter:
             if status in (400, 422):
                 message = f"{PROVIDER} rejected the input: {_messages(detail)}"
                 return ProviderError("bse_invalid_input", message, retryable=False, http_status=status)
-        error_type = field(body, "error_type") or response.headers.get("x-fal-error-type")
+        error_type = dig(body, "error_type") or response.headers.get("x-fal-error-type")
         if error_type == "client_cancelled":
             err = canceled_upstream(PROVIDER, request_id or response.headers.get("x-fal-request-id") or "?")
             err.http_status = status

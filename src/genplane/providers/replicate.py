@@ -27,16 +27,15 @@ Protocol facts this adapter relies on:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, field
+from genplane.providers.http import ProviderHttp
+from genplane.providers.outputs import canceled_upstream, dig, output_for
 from genplane.settings import Settings
 
 PROVIDER = "replicate"
@@ -47,8 +46,8 @@ _MODERATION_MARKERS = (
     "nsfw",
     "flagged as sensitive",
     "(e005)",
-    "content moderat",
-    "moderation",
+    "moderated",
+    "flagged as inappropriate",
     "safety filter",
     "safety check",
     "content policy",
@@ -56,24 +55,6 @@ _MODERATION_MARKERS = (
 )
 # Native parameters that take a list of images rather than a single one.
 _LIST_IMAGE_FIELDS = frozenset({"image_input", "input_images", "images", "reference_images", "image_urls"})
-CONTENT_TYPES = {
-    "png": "image/png",
-    "jpg": "image/jpeg",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "mp4": "video/mp4",
-    "webm": "video/webm",
-    "mov": "video/quicktime",
-}
-
-
-def _ext_for(url: str, job: ProviderJob) -> str:
-    """The file extension of an output URL, or the requested format when it has none."""
-    suffix = urlsplit(url).path.rsplit("/", 1)[-1].rpartition(".")[2].lower()
-    suffix = {"jpeg": "jpg"}.get(suffix, suffix)
-    if suffix in CONTENT_TYPES:
-        return suffix
-    return "mp4" if job.model_type == "video" else job.output_format
 
 
 def _urls(output: Any) -> list[str]:
@@ -85,31 +66,6 @@ def _urls(output: Any) -> list[str]:
     if isinstance(output, dict):
         return [u for item in output.values() for u in _urls(item)]
     return []
-
-
-def decode_data_uri(uri: str) -> tuple[str, bytes]:
-    """``data:<type>;base64,<data>`` -> (content type, bytes)."""
-    header, _, payload = uri.partition(",")
-    content_type = header[5:].split(";", 1)[0] or "application/octet-stream"
-    try:
-        return content_type, base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProviderError("bse_provider_error", f"{PROVIDER} sent an undecodable data URI.", True) from exc
-
-
-def output_for(url: str, job: ProviderJob) -> ProviderOutput:
-    if url.startswith("data:"):
-        content_type, data = decode_data_uri(url)
-        ext = next((e for e, t in CONTENT_TYPES.items() if t == content_type), _ext_for("", job))
-        return ProviderOutput(ext=ext, content_type=content_type, data=data)
-    ext = _ext_for(url, job)
-    return ProviderOutput(ext=ext, content_type=CONTENT_TYPES.get(ext, "application/octet-stream"), url=url)
-
-
-def canceled_upstream(provider: str, prediction_id: str) -> ProviderError:
-    return ProviderError(
-        "bse_provider_error", f"{provider} job {prediction_id} was canceled upstream.", retryable=True
-    )
 
 
 class ReplicateAdapter:
@@ -194,7 +150,7 @@ class ReplicateAdapter:
             for index in range(calls):
                 path, body = self._create_call(job.native_model_id, self.native_input(job, index, per_call))
                 answer = await self.http.json("POST", path, json=body, request_timeout=self.timeout)
-                prediction_id = field(answer, "id")
+                prediction_id = dig(answer, "id")
                 if not isinstance(prediction_id, str) or not prediction_id:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} sent no prediction id.", True)
                 ids.append(prediction_id)
@@ -219,8 +175,8 @@ class ReplicateAdapter:
                 for other in ids[position + 1 :]:
                     await self._cancel_one(other)
                 raise
-            outputs.extend(output_for(url, job) for url in _urls(prediction.get("output")))
-            took = field(prediction, "metrics", "predict_time")
+            outputs.extend(output_for(PROVIDER, url, job) for url in _urls(prediction.get("output")))
+            took = dig(prediction, "metrics", "predict_time")
             if isinstance(took, int | float):
                 predict_time = max(predict_time or 0.0, float(took))
         if not outputs:
@@ -231,14 +187,14 @@ class ReplicateAdapter:
         path = f"/v1/predictions/{quote(prediction_id, safe='')}"
         while True:
             prediction = await self.http.poll_json("GET", path, request_timeout=self.timeout)
-            status = field(prediction, "status")
+            status = dig(prediction, "status")
             if status in RUNNING:
                 await self.http.pause()
                 continue
             if status == "succeeded":
                 return dict(prediction)
             if status == "failed":
-                raise self.failure(prediction_id, field(prediction, "error"))
+                raise self.failure(prediction_id, dig(prediction, "error"))
             if status in ("canceled", "aborted"):
                 raise canceled_upstream(PROVIDER, prediction_id)
             raise ProviderError(

@@ -1,0 +1,149 @@
+"""A fake Black Forest Labs API: ``POST /v1/<model>``, ``GET /v1/get_result``.
+
+Same wire format as the real service: the ``x-key`` header (403 with FastAPI's
+``{"detail": ...}`` body without it), ``{"id", "polling_url"}`` on submit with the polling
+URL on a regional host, results with the real status strings, and samples served from
+a separate delivery host at URLs that expire. BFL has no cancel endpoint, so neither
+does this fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fakes.media import FileHost, image_bytes
+from tests.fakes.network import FakeNetwork
+
+
+@dataclass
+class Task:
+    id: str
+    model: str
+    body: dict[str, Any]
+    polls: int = 0
+
+
+@dataclass
+class FakeBfl:
+    host: str = "api.bfl.test"
+    region_host: str = "api.us1.bfl.test"  # where polling_url points, as the global host does
+    cdn_host: str = "delivery.bfl.test"
+    key: str = "bfl-test-key"
+
+    # switches
+    pending_polls: int = 0  # polls answered Pending with no progress (queued) ...
+    running_polls: int = 0  # ... then Pending with progress (running), then the outcome
+    outcome: str = "Ready"  # or "Request Moderated", "Content Moderated", "Error", "Task not found"
+    fail_submit: int = 0  # answer 500 to this many submissions
+    rate_limit_submit: int = 0  # answer 429 with Retry-After to this many submissions ...
+    rate_limit_after: int = 0  # ... once this many have been accepted (BFL caps active tasks)
+    retry_after: int = 1
+    out_of_credits: bool = False  # 402 on submit
+    moderate_submit: bool = False  # 400 {"detail": "Request Moderated ..."} on submit
+    hang_submit: bool = False
+    hang_poll: bool = False
+    malformed_polls: int = 0  # garbled JSON answers to this many polls
+    poll_errors: int = 0  # 502 answers to this many polls
+    omit_polling_url: bool = False
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    submissions: list[dict[str, Any]] = field(default_factory=list)
+    polls: list[str] = field(default_factory=list)  # host of each poll
+
+    def __post_init__(self) -> None:
+        # Signed sample URLs live about ten minutes; tests shorten ``files.ttl_seconds``.
+        self.files = FileHost(f"https://{self.cdn_host}", ttl_seconds=600.0)
+        self.app = Starlette(
+            routes=[
+                Route("/v1/get_result", self._get_result, methods=["GET"]),
+                Route("/v1/{model}", self._submit, methods=["POST"]),
+            ]
+        )
+        self.cdn = Starlette(routes=[Route("/files/{name}", self.files.serve, methods=["GET"])])
+
+    def mount(self, network: FakeNetwork) -> None:
+        network.add(self.host, self.app)
+        network.add(self.region_host, self.app)
+        network.add(self.cdn_host, self.cdn)
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("x-key") == self.key
+
+    async def _submit(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"detail": "Not authenticated - Invalid Authentication"}, status_code=403)
+        body = await request.json()
+        self.submissions.append(
+            {"path": request.url.path, "headers": dict(request.headers), "body": body}
+        )
+        if self.hang_submit:
+            await asyncio.sleep(3600)
+        if self.fail_submit > 0:
+            self.fail_submit -= 1
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        if self.rate_limit_submit > 0 and len(self.tasks) >= self.rate_limit_after:
+            self.rate_limit_submit -= 1
+            return JSONResponse(
+                {"detail": "You have exceeded the number of active tasks."},
+                status_code=429,
+                headers={"Retry-After": str(self.retry_after)},
+            )
+        if self.out_of_credits:
+            return JSONResponse({"detail": "Insufficient credits"}, status_code=402)
+        if self.moderate_submit:
+            return JSONResponse({"detail": "Request Moderated: prompt flagged"}, status_code=400)
+        if not isinstance(body.get("prompt"), str):
+            return JSONResponse(
+                {"detail": [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]},
+                status_code=422,
+            )
+        task = Task(str(uuid.uuid4()), request.path_params["model"], body)
+        self.tasks[task.id] = task
+        answer: dict[str, Any] = {"id": task.id}
+        if not self.omit_polling_url:
+            answer["polling_url"] = f"https://{self.region_host}/v1/get_result?id={task.id}"
+        return JSONResponse(answer)
+
+    async def _get_result(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return JSONResponse({"detail": "Not authenticated - Invalid Authentication"}, status_code=403)
+        self.polls.append(request.url.hostname or "")
+        if self.hang_poll:
+            await asyncio.sleep(3600)
+        if self.poll_errors > 0:
+            self.poll_errors -= 1
+            return Response("<html>502 Bad Gateway</html>", status_code=502, media_type="text/html")
+        if self.malformed_polls > 0:
+            self.malformed_polls -= 1
+            return Response('{"id": "x", "status": "Pen', media_type="application/json")
+        task_id = request.query_params.get("id", "")
+        task = self.tasks.get(task_id)
+        empty = {"id": task_id, "result": None, "progress": None, "details": None, "preview": None}
+        if task is None:
+            return JSONResponse({"id": task_id, "status": "Task not found"})
+        task.polls += 1
+        if task.polls <= self.pending_polls:
+            return JSONResponse({**empty, "status": "Pending"})
+        if task.polls <= self.pending_polls + self.running_polls:
+            progress = round(task.polls / (self.pending_polls + self.running_polls + 1), 2)
+            return JSONResponse({**empty, "status": "Pending", "progress": progress})
+        if self.outcome == "Ready":
+            fmt = task.body.get("output_format", "jpeg")
+            sample = self.files.publish(image_bytes("jpg" if fmt == "jpeg" else fmt), fmt)
+            result = {"sample": sample, "prompt": task.body["prompt"], "seed": task.body.get("seed", 7),
+                      "start_time": 1.0, "end_time": 4.5, "duration": 3.5}
+            return JSONResponse({**empty, "status": "Ready", "result": result})
+        if self.outcome in ("Request Moderated", "Content Moderated"):
+            details = {"Moderation Reasons": ["Derivative Works"]}
+            return JSONResponse({**empty, "status": self.outcome, "details": details})
+        if self.outcome == "Error":
+            return JSONResponse({**empty, "status": "Error", "details": {"error": "generation crashed"}})
+        return JSONResponse({**empty, "status": self.outcome})
