@@ -12,7 +12,7 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from genplane.accounts import service as accounts
 from genplane.accounts.scopes import PRESETS, parse_scopes
@@ -47,6 +47,11 @@ def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
             await db.dispose()
 
     return asyncio.run(main())
+
+
+def _id_column(header: str) -> Column:
+    """Ids are what the other commands take: never shortened to fit the terminal."""
+    return Column(header, no_wrap=True, min_width=36)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -166,7 +171,7 @@ def accounts_list() -> None:
     """List accounts with their balances."""
 
     async def work(db: Database, settings: Settings) -> None:
-        table = Table("account id", "name", "balance", "created", "deleted")
+        table = Table(_id_column("account id"), "name", "balance", "created", "deleted")
         for a in await accounts.list_accounts(db, include_deleted=True):
             table.add_row(
                 a.id,
@@ -225,7 +230,9 @@ def keys_list(account: Annotated[str | None, typer.Option(help="Only this accoun
     """List keys by prefix (the full key is never stored)."""
 
     async def work(db: Database, settings: Settings) -> None:
-        table = Table("key id", "account", "name", "prefix", "scopes", "expires", "state")
+        table = Table(
+            _id_column("key id"), _id_column("account"), "name", "prefix", "scopes", "expires", "state"
+        )
         now = utcnow()
         for k in await accounts.list_keys(db, account):
             expired = k.expires_at is not None and as_utc(k.expires_at) <= now
