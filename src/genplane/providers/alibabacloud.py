@@ -51,8 +51,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import HeldResults, field
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 PROVIDER = "alibabacloud"
@@ -188,8 +187,8 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _predict_time(output: Any) -> float | None:
-    start = _timestamp(field(output, "scheduled_time")) or _timestamp(field(output, "submit_time"))
-    end = _timestamp(field(output, "end_time"))
+    start = _timestamp(dig(output, "scheduled_time")) or _timestamp(dig(output, "submit_time"))
+    end = _timestamp(dig(output, "end_time"))
     if start is None or end is None or end < start:
         return None
     return round((end - start).total_seconds(), 3)
@@ -201,15 +200,10 @@ class AlibabaCloudAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._key = settings.alibabacloud_api_key
         headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"} if self._key else {}
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.alibabacloud_base_url,
-            _refine,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.alibabacloud_base_url, _refine,
             headers=headers,
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
@@ -334,9 +328,8 @@ class AlibabaCloudAdapter:
             SERVICES + endpoint,
             json=self.task_body(job),
             headers=ASYNC_HEADERS,
-            request_timeout=self.request_timeout,
         )
-        task_id = field(answer, "output", "task_id")
+        task_id = dig(answer, "output", "task_id")
         if not isinstance(task_id, str) or not task_id:
             raise ProviderError("bse_provider_error", f"{PROVIDER} answered without a task id.", True)
         return task_id
@@ -344,18 +337,18 @@ class AlibabaCloudAdapter:
     async def _sync_call(self, job: ProviderJob, index: int) -> list[ProviderOutput]:
         body = self.sync_body(job, index)
         answer = await self.http.json(
-            "POST", SERVICES + MULTIMODAL, json=body, request_timeout=self.request_timeout
+            "POST", SERVICES + MULTIMODAL, json=body
         )
         urls = [
             part["image"]
-            for choice in field(answer, "output", "choices") or []
-            for part in field(choice, "message", "content") or []
+            for choice in dig(answer, "output", "choices") or []
+            for part in dig(choice, "message", "content") or []
             if isinstance(part, dict) and isinstance(part.get("image"), str) and part["image"]
         ]
         if not urls:
-            code = field(answer, "code")
+            code = dig(answer, "code")
             if isinstance(code, str) and code:
-                raise dashscope_error(code, str(field(answer, "message") or ""))
+                raise dashscope_error(code, str(dig(answer, "message") or ""))
             raise ProviderError("bse_provider_error", f"{PROVIDER} answered without an image.", True)
         return [_image_output(u) for u in urls]
 
@@ -366,15 +359,15 @@ class AlibabaCloudAdapter:
             return self.held.take(prediction_id)
         while True:
             answer = await self.http.poll_json(
-                "GET", TASKS + prediction_id, request_timeout=self.request_timeout
+                "GET", TASKS + prediction_id
             )
-            output = field(answer, "output")
-            status = field(output, "task_status")
+            output = dig(answer, "output")
+            status = dig(output, "task_status")
             if status == "SUCCEEDED":
                 return ProviderResult(outputs=self._outputs(job, output), predict_time=_predict_time(output))
             if status == "FAILED":
-                code = field(output, "code")
-                raise dashscope_error(str(code or ""), str(field(output, "message") or "task failed"))
+                code = dig(output, "code")
+                raise dashscope_error(str(code or ""), str(dig(output, "message") or "task failed"))
             if status == "CANCELED":
                 raise ProviderError(
                     "bse_provider_error", f"{PROVIDER} task {prediction_id} was canceled upstream.", True
@@ -388,11 +381,11 @@ class AlibabaCloudAdapter:
             await self.http.pause()
 
     def _outputs(self, job: ProviderJob, output: Any) -> list[ProviderOutput]:
-        video = field(output, "video_url")
+        video = dig(output, "video_url")
         if isinstance(video, str) and video:
             return [ProviderOutput(ext="mp4", content_type="video/mp4", url=video)]
         outputs: list[ProviderOutput] = []
-        for item in field(output, "results") or []:
+        for item in dig(output, "results") or []:
             if isinstance(item, dict) and isinstance(item.get("url"), str) and item["url"]:
                 outputs.append(_image_output(item["url"]))
             elif isinstance(item, dict) and item.get("code"):
@@ -410,7 +403,7 @@ class AlibabaCloudAdapter:
             return False  # the call already ran to its end; there is nothing upstream to stop
         try:
             await self.http.send(
-                "POST", f"{TASKS}{prediction_id}/cancel", request_timeout=self.request_timeout
+                "POST", f"{TASKS}{prediction_id}/cancel"
             )
         except ProviderError:
             return False  # no longer PENDING (running tasks cannot be stopped), or unreachable

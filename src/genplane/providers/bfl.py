@@ -37,8 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import MAX_RETRY_AFTER_SECONDS
+from genplane.providers.http import MAX_RETRY_AFTER_SECONDS, ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 # Sentinel for ``fields: {generation_ratio: width,height}``: send pixel dimensions.
@@ -55,12 +54,6 @@ _MODERATED = {"Request Moderated", "Content Moderated"}
 # Waits for a 429 on the 2nd..Nth task of a job before giving up on the submit.
 _LATER_TASK_RATE_LIMIT_RETRIES = 3
 
-
-def field(data: Any, *path: str) -> Any:
-    """``data[path[0]][path[1]]...``, or None where a step is missing or not an object."""
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
 
 
 def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderError:
@@ -106,15 +99,10 @@ class BflAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else ""
         self._has_key = bool(key)
-        self.http = CodedProviderHttp(
-            "bfl",
-            client,
-            settings.bfl_base_url,
-            refine_error,
+        self.http = ProviderHttp.for_settings(
+            "bfl", client, settings, settings.bfl_base_url, refine_error,
             headers={"x-key": key} if key else {},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         base = urlsplit(self.http.base_url)
         self._scheme = base.scheme or "https"
         self._base_host = (base.hostname or "").lower()
@@ -178,7 +166,7 @@ class BflAdapter:
     async def _post(self, path: str, body: dict[str, Any], index: int) -> Any:
         for attempt in range(_LATER_TASK_RATE_LIMIT_RETRIES + 1):
             try:
-                return await self.http.json("POST", path, json=body, request_timeout=self.request_timeout)
+                return await self.http.json("POST", path, json=body)
             except ProviderError as exc:
                 wait = exc.retry_after if exc.retry_after is not None else self.http.poll_interval
                 if (
@@ -220,16 +208,16 @@ class BflAdapter:
         url = f"{self._scheme}://{host}/v1/get_result"
         while True:
             data = await self.http.poll_json(
-                "GET", url, params={"id": task_id}, request_timeout=self.request_timeout
+                "GET", url, params={"id": task_id}
             )
-            status = field(data, "status")
+            status = dig(data, "status")
             if status == "Ready":
-                result = field(data, "result")
+                result = dig(data, "result")
                 if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
                     raise ProviderError("bse_provider_error", "bfl reported Ready without a sample.", True)
                 return result
             if status in _MODERATED:
-                reasons = field(data, "details", "Moderation Reasons")
+                reasons = dig(data, "details", "Moderation Reasons")
                 why = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons else ""
                 raise ProviderError(
                     "bse_content_policy_violation",
@@ -261,7 +249,7 @@ class BflAdapter:
 
 
 def _details(data: Any) -> str:
-    details = field(data, "details")
+    details = dig(data, "details")
     if details:
         return str(details)[:300]
     return "no details"

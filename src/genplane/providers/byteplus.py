@@ -49,8 +49,7 @@ from genplane.providers.base import (
     ProviderOutput,
     ProviderResult,
 )
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import HeldResults, field
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 PROVIDER = "byteplus"
@@ -133,15 +132,10 @@ class BytePlusAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         self._key = settings.byteplus_api_key
         headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"} if self._key else {}
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.byteplus_base_url,
-            _refine,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.byteplus_base_url, _refine,
             headers=headers,
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
@@ -152,9 +146,9 @@ class BytePlusAdapter:
     async def submit(self, job: ProviderJob) -> str:
         if job.model_type == "video":
             answer = await self.http.json(
-                "POST", TASKS_PATH, json=self.video_body(job), request_timeout=self.request_timeout
+                "POST", TASKS_PATH, json=self.video_body(job)
             )
-            task_id = field(answer, "id")
+            task_id = dig(answer, "id")
             if not isinstance(task_id, str) or not task_id:
                 raise ProviderError("bse_provider_error", f"{PROVIDER} answered without a task id.", True)
             return task_id
@@ -188,11 +182,11 @@ class BytePlusAdapter:
 
     async def _one_image(self, job: ProviderJob, index: int) -> list[ProviderOutput]:
         answer = await self.http.json(
-            "POST", IMAGES_PATH, json=self.image_body(job, index), request_timeout=self.request_timeout
+            "POST", IMAGES_PATH, json=self.image_body(job, index)
         )
-        items = field(answer, "data")
+        items = dig(answer, "data")
         if not isinstance(items, list):
-            err = field(answer, "error")
+            err = dig(answer, "error")
             if isinstance(err, dict):
                 raise ark_error(str(err.get("code") or ""), str(err.get("message") or ""))
             raise ProviderError("bse_provider_error", f"{PROVIDER} answered without images.", True)
@@ -255,10 +249,10 @@ class BytePlusAdapter:
             return self.held.take(prediction_id)
         path = f"{TASKS_PATH}/{prediction_id}"
         while True:
-            task = await self.http.poll_json("GET", path, request_timeout=self.request_timeout)
-            status = field(task, "status")
+            task = await self.http.poll_json("GET", path)
+            status = dig(task, "status")
             if status == "succeeded":
-                url = field(task, "content", "video_url")
+                url = dig(task, "content", "video_url")
                 if not isinstance(url, str) or not url:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without a video.", True)
                 return ProviderResult(
@@ -266,8 +260,8 @@ class BytePlusAdapter:
                     predict_time=_elapsed(task),
                 )
             if status == "failed":
-                err = field(task, "error") or {}
-                raise ark_error(str(field(err, "code") or ""), str(field(err, "message") or "task failed"))
+                err = dig(task, "error") or {}
+                raise ark_error(str(dig(err, "code") or ""), str(dig(err, "message") or "task failed"))
             if status == "cancelled":
                 raise ProviderError(
                     "bse_provider_error", f"{PROVIDER} task {prediction_id} was canceled upstream.", True
@@ -288,7 +282,7 @@ class BytePlusAdapter:
             return False  # the call already ran to its end; there is nothing upstream to stop
         try:
             await self.http.send(
-                "DELETE", f"{TASKS_PATH}/{prediction_id}", request_timeout=self.request_timeout
+                "DELETE", f"{TASKS_PATH}/{prediction_id}"
             )
         except ProviderError:
             return False  # running (not cancellable on Ark), already gone, or unreachable
@@ -296,7 +290,7 @@ class BytePlusAdapter:
 
 
 def _elapsed(task: Any) -> float | None:
-    created, updated = field(task, "created_at"), field(task, "updated_at")
+    created, updated = dig(task, "created_at"), dig(task, "updated_at")
     if isinstance(created, int | float) and isinstance(updated, int | float) and updated >= created:
         return float(updated - created)
     return None

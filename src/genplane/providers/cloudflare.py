@@ -42,8 +42,7 @@ from typing import Any, TypeVar
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import HeldResults, field
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 PROVIDER = "cloudflare"
@@ -179,15 +178,10 @@ class CloudflareAdapter:
         token = settings.cloudflare_api_token.get_secret_value() if settings.cloudflare_api_token else ""
         self._has_token = bool(token)
         self.account_id = settings.cloudflare_account_id.strip()
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.cloudflare_base_url,
-            _refine,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.cloudflare_base_url, _refine,
             headers={"Authorization": f"Bearer {token}"} if token else {},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
@@ -252,11 +246,11 @@ class CloudflareAdapter:
             for name, image in zip(names, job.inputs, strict=False):
                 ext = (sniff(image.data) or ("png", ""))[0]
                 parts.append((name, (f"{name}.{ext}", image.data, image.content_type)))
-            response = await self.http.send("POST", path, files=parts, request_timeout=self.request_timeout)
+            response = await self.http.send("POST", path, files=parts)
         else:
             for name, image in zip(names, job.inputs, strict=False):
                 fields[name] = base64.b64encode(image.data).decode()
-            response = await self.http.send("POST", path, json=fields, request_timeout=self.request_timeout)
+            response = await self.http.send("POST", path, json=fields)
         return self._output(response)
 
     def _output(self, response: httpx.Response) -> ProviderOutput:
@@ -273,9 +267,9 @@ class CloudflareAdapter:
 
     @staticmethod
     def _image_from_envelope(doc: Any) -> bytes:
-        if field(doc, "success") is False or field(doc, "errors"):
-            raise cloudflare_error(field(doc, "errors"))
-        encoded = field(doc, "result", "image")
+        if dig(doc, "success") is False or dig(doc, "errors"):
+            raise cloudflare_error(dig(doc, "errors"))
+        encoded = dig(doc, "result", "image")
         if not isinstance(encoded, str) or not encoded:
             raise ProviderError("bse_provider_error", f"{PROVIDER} answered without an image.", True)
         try:

@@ -38,8 +38,8 @@ from typing import Any
 from urllib.parse import quote
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp
-from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, dig, image_output
+from genplane.providers.http import ProviderHttp, dig
+from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, image_output
 
 PROVIDER = "selfhosted"
 
@@ -112,9 +112,8 @@ def fill(node: Any, values: dict[str, Any]) -> Any:
 
 
 class ComfyUI:
-    def __init__(self, http: ProviderHttp, request_timeout: float, max_output_bytes: int) -> None:
+    def __init__(self, http: ProviderHttp, max_output_bytes: int) -> None:
         self.http = http
-        self.timeout = request_timeout
         self.max_output_bytes = max_output_bytes
 
     # -- submit -----------------------------------------------------------------------
@@ -179,7 +178,6 @@ class ComfyUI:
             "/upload/image",
             files={"image": part},
             data={"type": "input", "overwrite": "true"},
-            request_timeout=self.timeout,
         )
         name, subfolder = dig(answer, "name"), dig(answer, "subfolder")
         if not isinstance(name, str) or not name:
@@ -188,7 +186,7 @@ class ComfyUI:
 
     async def submit(self, job: ProviderJob, width: int, height: int) -> str:
         body = {"prompt": await self.graph(job, width, height), "client_id": f"genplane-{job.generation_id}"}
-        answer = await self.http.json("POST", "/prompt", json=body, request_timeout=self.timeout)
+        answer = await self.http.json("POST", "/prompt", json=body)
         prompt_id = dig(answer, "prompt_id")
         if not isinstance(prompt_id, str) or not _PROMPT_ID.match(prompt_id):
             raise ProviderError("bse_provider_error", "ComfyUI answered without a prompt id.", True)
@@ -202,7 +200,7 @@ class ComfyUI:
         gone = False
         while True:
             history = await self.http.poll_json(
-                "GET", f"/history/{quote(prompt_id, safe='')}", request_timeout=self.timeout
+                "GET", f"/history/{quote(prompt_id, safe='')}"
             )
             entry = dig(history, prompt_id)
             if isinstance(entry, dict) and _finished(entry):
@@ -210,7 +208,7 @@ class ComfyUI:
             if entry is None:
                 if gone:  # neither queued nor in the history, twice: deleted or lost in a restart
                     raise canceled_upstream("ComfyUI", prompt_id)
-                queue = await self.http.poll_json("GET", "/queue", request_timeout=self.timeout)
+                queue = await self.http.poll_json("GET", "/queue")
                 gone = prompt_id not in _queued(queue, "queue_running") | _queued(queue, "queue_pending")
                 if gone:
                     continue  # it may have finished between the two reads: look once more
@@ -250,7 +248,7 @@ class ComfyUI:
             "subfolder": file.get("subfolder") or "",
             "type": file.get("type") or "output",
         }
-        response = await self.http.send("GET", "/view", params=params, request_timeout=self.timeout)
+        response = await self.http.send("GET", "/view", params=params)
         data = response.content
         if not data or len(data) > self.max_output_bytes:
             raise ProviderError("bse_provider_error", "ComfyUI sent an empty or oversized file.", True)
@@ -266,15 +264,15 @@ class ComfyUI:
 
     async def cancel(self, prompt_id: str) -> bool:
         try:
-            queue = await self.http.json("GET", "/queue", request_timeout=self.timeout)
+            queue = await self.http.json("GET", "/queue")
             if prompt_id in _queued(queue, "queue_pending"):
                 await self.http.send(
-                    "POST", "/queue", json={"delete": [prompt_id]}, request_timeout=self.timeout
+                    "POST", "/queue", json={"delete": [prompt_id]}
                 )
                 return True
             if prompt_id in _queued(queue, "queue_running"):
                 await self.http.send(
-                    "POST", "/interrupt", json={"prompt_id": prompt_id}, request_timeout=self.timeout
+                    "POST", "/interrupt", json={"prompt_id": prompt_id}
                 )
                 return True
         except ProviderError:

@@ -36,8 +36,8 @@ import httpx
 import orjson
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, error_for_status
-from genplane.providers.outputs import canceled_upstream, dig, output_for
+from genplane.providers.http import ProviderHttp, dig, error_for_status
+from genplane.providers.outputs import canceled_upstream, output_for
 from genplane.settings import Settings
 
 PROVIDER = "fal"
@@ -119,13 +119,9 @@ class FalAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.fal_key.get_secret_value() if settings.fal_key else ""
         self._configured = bool(key.strip())
-        self.timeout = settings.provider_request_timeout_seconds
-        self.http = ProviderHttp(
-            PROVIDER,
-            client,
-            settings.fal_queue_url,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.fal_queue_url, FalAdapter.error,
             headers={"Authorization": f"Key {key.strip()}"},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
 
     def configured(self) -> bool:
@@ -188,7 +184,7 @@ class FalAdapter:
         try:
             for index in range(job.output_number if per_call else 1):
                 native = self.native_input(job, index, per_call)
-                response = await self._send("POST", f"/{endpoint}", json=native)
+                response = await self.http.send("POST", f"/{endpoint}", json=native)
                 request_id = dig(self.http.decode(response), "request_id")
                 if not isinstance(request_id, str) or not request_id or "," in request_id:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} sent no request id.", True)
@@ -244,7 +240,7 @@ class FalAdapter:
         """Poll until COMPLETED; the runner's inference time when fal reports it."""
         path = f"{self._request_path(app, request_id)}/status"
         while True:
-            status = await self.http.poll_json("GET", path, request_timeout=self.timeout)
+            status = await self.http.poll_json("GET", path)
             state = dig(status, "status")
             if state in RUNNING:
                 await self.http.pause()
@@ -261,7 +257,7 @@ class FalAdapter:
         path = self._request_path(app, request_id)
         for attempt in range(_RESULT_FETCH_RETRIES + 1):
             try:
-                response = await self._send("GET", path, request_id=request_id)
+                response = await self.http.send("GET", path)
             except ProviderError as exc:
                 # A rate limit, a timeout or a bare edge error is not the request's answer.
                 transient = exc.http_status in (429, 502, 503, 504) or exc.error == "bse_provider_timeout"
@@ -295,28 +291,11 @@ class FalAdapter:
             outputs.append(output_for(PROVIDER, url, job, dig(file, "content_type")))
         return outputs, dropped
 
-    # -- HTTP with fal's error bodies -------------------------------------------------
-
-    async def _send(
-        self, method: str, path: str, *, request_id: str | None = None, **kw: Any
-    ) -> httpx.Response:
-        """One request; a non-2xx answer is read for fal's typed errors before mapping it."""
-        try:
-            response = await self.http.client.request(
-                method, self.http.url(path), headers=self.http.headers, timeout=self.timeout, **kw
-            )
-        except httpx.TimeoutException as exc:
-            message = f"{PROVIDER} did not answer in time ({type(exc).__name__})."
-            raise ProviderError("bse_provider_timeout", message, retryable=True) from exc
-        except httpx.HTTPError as exc:
-            message = f"{PROVIDER} could not be reached: {type(exc).__name__}."
-            raise ProviderError("bse_provider_error", message, retryable=True) from exc
-        if response.status_code >= 400:
-            raise self.error(response, request_id)
-        return response
+    # -- fal's error bodies -------------------------------------------------------------
 
     @staticmethod
-    def error(response: httpx.Response, request_id: str | None = None) -> ProviderError:
+    def error(response: httpx.Response, shared: ProviderError | None = None) -> ProviderError:
+        """fal's typed error bodies and headers, read before the status code's mapping."""
         status = response.status_code
         body = _body(response)
         detail = dig(body, "detail")
@@ -332,7 +311,7 @@ class FalAdapter:
                 return ProviderError("bse_invalid_input", message, retryable=False, http_status=status)
         error_type = dig(body, "error_type") or response.headers.get("x-fal-error-type")
         if error_type == "client_cancelled":
-            err = canceled_upstream(PROVIDER, request_id or response.headers.get("x-fal-request-id") or "?")
+            err = canceled_upstream(PROVIDER, response.headers.get("x-fal-request-id") or "?")
             err.http_status = status
             return err
         if status == 403 and isinstance(detail, str) and "balance" in detail.lower():
@@ -352,7 +331,7 @@ class FalAdapter:
 
     async def _cancel_one(self, app: str, request_id: str) -> bool:
         try:
-            await self._send("PUT", f"{self._request_path(app, request_id)}/cancel", request_id=request_id)
+            await self.http.send("PUT", f"{self._request_path(app, request_id)}/cancel")
         except ProviderError:
             return False
         return True

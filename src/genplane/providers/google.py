@@ -44,9 +44,8 @@ from urllib.parse import quote
 import httpx
 
 from genplane.providers.base import InputImage, ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import HeldResults
-from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, dig, ext_for, image_output
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, ext_for, image_output
 from genplane.settings import Settings
 
 PROVIDER = "google"
@@ -169,18 +168,15 @@ class GoogleAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.google_api_key.get_secret_value().strip() if settings.google_api_key else ""
         self._has_key = bool(key)
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.google_base_url,
-            refine_error,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.google_base_url, refine_error,
             headers={"x-goog-api-key": key} if key else {},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
         self.api_host = httpx.URL(self.http.base_url).host if self.http.base_url else ""
-        self.request_timeout = settings.provider_request_timeout_seconds
         # A synchronous image call is the whole generation; it may take as long as the attempt.
-        self.image_timeout = max(settings.image_attempt_deadline_seconds, self.request_timeout)
+        self.image_timeout = max(
+            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
+        )
         self.max_output_bytes = settings.max_output_file_bytes
         self.held = HeldResults(PROVIDER)
 
@@ -385,7 +381,6 @@ class GoogleAdapter:
             "POST",
             self._path(job, LONG_RUNNING),
             json=self.veo_body(job),
-            request_timeout=self.request_timeout,
         )
         name = dig(answer, "name")
         if not isinstance(name, str) or not _OPERATION.match(name) or ".." in name:
@@ -397,7 +392,7 @@ class GoogleAdapter:
             raise ProviderError("bse_provider_error", f"Malformed {PROVIDER} operation name.", False)
         while True:
             operation = await self.http.poll_json(
-                "GET", f"/v1beta/{name}", request_timeout=self.request_timeout
+                "GET", f"/v1beta/{name}"
             )
             if not isinstance(operation, dict):
                 raise ProviderError(
@@ -440,7 +435,7 @@ class GoogleAdapter:
         """The video behind the key; transient failures are tried again (it is already paid for)."""
         for attempt in range(3):
             try:
-                response = await self.http.send("GET", uri, request_timeout=self.request_timeout)
+                response = await self.http.send("GET", uri)
             except ProviderError as exc:
                 transient = exc.http_status is None or exc.http_status >= 500 or exc.http_status == 429
                 if not transient or attempt == 2:

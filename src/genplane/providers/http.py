@@ -10,18 +10,28 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from genplane.providers.base import ProviderError, ProviderResult
 
+if TYPE_CHECKING:
+    from genplane.settings import Settings
+
 # Provider answers are small JSON documents; a multi-megabyte one is a broken proxy.
 MAX_JSON_BYTES = 16 * 1024 * 1024
 # A Retry-After longer than this is not waited out inside one attempt: the chain moves on.
 MAX_RETRY_AFTER_SECONDS = 30.0
+
+
+class _Default:
+    """Marks "the timeout this provider was built with", which None (no timeout) cannot."""
+
+
+_DEFAULT = _Default()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -73,22 +83,58 @@ def _error_for_status(provider: str, response: httpx.Response) -> ProviderError:
     return ProviderError("bse_provider_error", detail, retryable=True, retry_after=retry_after)
 
 
+# (the non-2xx answer, the error the status code alone gives) -> the error to raise
+Refine = Callable[[httpx.Response, ProviderError], ProviderError]
+
+
 class ProviderHttp:
-    """A provider's base URL and auth headers over the process's shared client."""
+    """A provider's base URL and auth headers over the process's shared client.
+
+    Some providers say the decisive thing in the error *body* (an account in arrears
+    answers a plain 400 or 403, a moderation refusal a 400 like a bad parameter):
+    ``refine`` lets an adapter read the answer and choose a better error, which keeps
+    the status code so that :meth:`poll_json` still tells passing failures from final ones.
+    """
 
     def __init__(
         self,
         provider: str,
         client: httpx.AsyncClient,
         base_url: str,
+        refine: Refine | None = None,
+        *,
         headers: Mapping[str, str] | None = None,
         poll_interval: float = 1.0,
+        request_timeout: float | None = 60.0,
     ) -> None:
         self.provider = provider
         self.client = client
         self.base_url = base_url.rstrip("/")
+        self.refine = refine
         self.headers = dict(headers or {})
         self.poll_interval = poll_interval
+        self.request_timeout = request_timeout
+
+    @classmethod
+    def for_settings(
+        cls,
+        provider: str,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        base_url: str,
+        refine: Refine | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> ProviderHttp:
+        """The usual construction: poll interval and request timeout from settings."""
+        return cls(
+            provider,
+            client,
+            base_url,
+            refine,
+            headers=headers,
+            poll_interval=settings.provider_poll_interval_seconds,
+            request_timeout=settings.provider_request_timeout_seconds,
+        )
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
@@ -103,9 +149,10 @@ class ProviderHttp:
         files: Any = None,
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | None = None,
-        request_timeout: float | None = 60.0,
+        request_timeout: float | _Default | None = _DEFAULT,
     ) -> httpx.Response:
         """One request; a non-2xx answer or a broken connection raises ProviderError."""
+        timeout = self.request_timeout if isinstance(request_timeout, _Default) else request_timeout
         try:
             response = await self.client.request(
                 method,
@@ -115,7 +162,7 @@ class ProviderHttp:
                 files=files,
                 params=params,
                 headers={**self.headers, **(headers or {})},
-                timeout=request_timeout,
+                timeout=timeout,
             )
         except httpx.TimeoutException as exc:
             message = f"{self.provider} did not answer in time ({type(exc).__name__})."
@@ -125,7 +172,11 @@ class ProviderHttp:
                 "bse_provider_error", f"{self.provider} could not be reached: {type(exc).__name__}.", True
             ) from exc
         if response.status_code >= 400:
-            raise error_for_status(self.provider, response)
+            err = error_for_status(self.provider, response)
+            if self.refine is not None:
+                err = self.refine(response, err)
+                err.http_status = response.status_code
+            raise err
         return response
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
@@ -170,7 +221,7 @@ class ProviderHttp:
         await asyncio.sleep(self.poll_interval)
 
 
-def field(data: Any, *path: str | int) -> Any:
+def dig(data: Any, *path: str | int) -> Any:
     """``data[path[0]][path[1]]...`` or None, for provider JSON whose shape varies by state."""
     for key in path:
         if isinstance(key, int):
@@ -182,6 +233,15 @@ def field(data: Any, *path: str | int) -> Any:
                 return None
             data = data.get(key)
     return data
+
+
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object, or {} when it is not one (error pages, proxies)."""
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class HeldResults:

@@ -38,8 +38,7 @@ from typing import Any
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import HeldResults
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 IMAGE_PREFIX = "openai-images-"
@@ -106,19 +105,13 @@ def _mapped(job: ProviderJob, unified: str, value: Any, defaults: dict[str, Any]
     return defaults.get(str(value), value)
 
 
-def field(data: Any, *path: str) -> Any:
-    """``data[path[0]][path[1]]...``, or None where a step is missing or not an object."""
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data
-
 
 def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderError:
     """A failed answer, read for OpenAI's error code before falling back to its status."""
     body = json_body(response)
-    code = str(field(body, "error", "code") or "")
-    kind = str(field(body, "error", "type") or "")
-    message = str(field(body, "error", "message") or "")[:300]
+    code = str(dig(body, "error", "code") or "")
+    kind = str(dig(body, "error", "type") or "")
+    message = str(dig(body, "error", "message") or "")[:300]
     if code in _POLICY_CODES:
         return ProviderError(
             "bse_content_policy_violation",
@@ -140,17 +133,14 @@ class OpenAIAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         self._has_key = bool(key)
-        self.http = CodedProviderHttp(
-            "openai",
-            client,
-            settings.openai_base_url,
-            refine_error,
+        self.http = ProviderHttp.for_settings(
+            "openai", client, settings, settings.openai_base_url, refine_error,
             headers={"Authorization": f"Bearer {key}"} if key else {},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         # An image call is the whole generation; it may take as long as the attempt may.
-        self.image_timeout = max(settings.image_attempt_deadline_seconds, self.request_timeout)
+        self.image_timeout = max(
+            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
+        )
         self.max_output_bytes = settings.max_output_file_bytes
         self.held = HeldResults("openai")
 
@@ -174,11 +164,11 @@ class OpenAIAdapter:
             return False
         try:
             answer = await self.http.send(
-                "DELETE", f"/v1/videos/{prediction_id}", request_timeout=self.request_timeout
+                "DELETE", f"/v1/videos/{prediction_id}"
             )
         except ProviderError:
             return False
-        return bool(field(self.http.decode(answer), "deleted"))
+        return bool(dig(self.http.decode(answer), "deleted"))
 
     # -- images ---------------------------------------------------------------------
 
@@ -240,12 +230,12 @@ class OpenAIAdapter:
 
     @staticmethod
     def _image_outputs(job: ProviderJob, answer: Any) -> list[ProviderOutput]:
-        items = field(answer, "data")
+        items = dig(answer, "data")
         if not isinstance(items, list) or not items:
             raise ProviderError("bse_provider_error", "openai answered without images.", True)
         outputs = []
         for item in items:
-            encoded, url = field(item, "b64_json"), field(item, "url")
+            encoded, url = dig(item, "b64_json"), dig(item, "url")
             if isinstance(encoded, str):
                 try:
                     data = base64.b64decode(encoded, validate=True)
@@ -296,13 +286,13 @@ class OpenAIAdapter:
             reference = ("input_reference", (f"reference.{_extension(content_type)}", data, content_type))
             form = {k: _form_value(v) for k, v in fields.items() if v is not None}
             response = await self.http.send(
-                "POST", "/v1/videos", data=form, files=[reference], request_timeout=self.request_timeout
+                "POST", "/v1/videos", data=form, files=[reference]
             )
         else:
             response = await self.http.send(
-                "POST", "/v1/videos", json=fields, request_timeout=self.request_timeout
+                "POST", "/v1/videos", json=fields
             )
-        video_id = field(self.http.decode(response), "id")
+        video_id = dig(self.http.decode(response), "id")
         if not isinstance(video_id, str) or not video_id or video_id.startswith(IMAGE_PREFIX):
             raise ProviderError("bse_provider_error", "openai answered without a video id.", True)
         return video_id
@@ -310,9 +300,9 @@ class OpenAIAdapter:
     async def _wait_video(self, video_id: str) -> ProviderResult:
         while True:
             video = await self.http.poll_json(
-                "GET", f"/v1/videos/{video_id}", request_timeout=self.request_timeout
+                "GET", f"/v1/videos/{video_id}"
             )
-            status = field(video, "status")
+            status = dig(video, "status")
             if status == "completed":
                 break
             if status == "failed":
@@ -322,7 +312,7 @@ class OpenAIAdapter:
             # queued, in_progress, or a state this adapter does not know yet: keep polling.
             await self.http.pause()
         data = await self._download(video_id)
-        created, completed = field(video, "created_at"), field(video, "completed_at")
+        created, completed = dig(video, "created_at"), dig(video, "completed_at")
         predict_time = (
             float(completed - created)
             if isinstance(created, int | float) and isinstance(completed, int | float)
@@ -339,7 +329,6 @@ class OpenAIAdapter:
                     "GET",
                     f"/v1/videos/{video_id}/content",
                     headers={"Accept": "application/binary"},
-                    request_timeout=self.request_timeout,
                 )
             except ProviderError as exc:
                 transient = exc.http_status is None or exc.http_status >= 500 or exc.http_status == 429
@@ -356,8 +345,8 @@ class OpenAIAdapter:
 
 
 def _video_failure(video_id: str, video: Any) -> ProviderError:
-    code = str(field(video, "error", "code") or "")
-    message = str(field(video, "error", "message") or "no details")[:300]
+    code = str(dig(video, "error", "code") or "")
+    message = str(dig(video, "error", "message") or "no details")[:300]
     text = f"{code} {message}".lower()
     if code in _POLICY_CODES or any(word in text for word in ("moderation", "policy", "safety")):
         return ProviderError(

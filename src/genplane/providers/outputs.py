@@ -25,18 +25,6 @@ CONTENT_TYPES = {
 }
 
 
-def dig(data: Any, *path: str | int) -> Any:
-    """``data[path[0]][path[1]]...``, or None where any step is missing or of another shape."""
-    for key in path:
-        if isinstance(key, int):
-            if not isinstance(data, list) or not -len(data) <= key < len(data):
-                return None
-            data = data[key]
-        else:
-            if not isinstance(data, dict):
-                return None
-            data = data.get(key)
-    return data
 
 
 def ext_for(url: str, job: ProviderJob, content_type: Any = None) -> str:

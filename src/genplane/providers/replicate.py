@@ -34,8 +34,8 @@ from urllib.parse import quote
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp
-from genplane.providers.outputs import canceled_upstream, dig, output_for
+from genplane.providers.http import ProviderHttp, dig
+from genplane.providers.outputs import canceled_upstream, output_for
 from genplane.settings import Settings
 
 PROVIDER = "replicate"
@@ -74,13 +74,9 @@ class ReplicateAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else ""
         self._configured = bool(token.strip())
-        self.timeout = settings.provider_request_timeout_seconds
-        self.http = ProviderHttp(
-            PROVIDER,
-            client,
-            settings.replicate_base_url,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.replicate_base_url,
             headers={"Authorization": f"Bearer {token.strip()}"},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
 
     def configured(self) -> bool:
@@ -149,7 +145,7 @@ class ReplicateAdapter:
         try:
             for index in range(calls):
                 path, body = self._create_call(job.native_model_id, self.native_input(job, index, per_call))
-                answer = await self.http.json("POST", path, json=body, request_timeout=self.timeout)
+                answer = await self.http.json("POST", path, json=body)
                 prediction_id = dig(answer, "id")
                 if not isinstance(prediction_id, str) or not prediction_id:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} sent no prediction id.", True)
@@ -186,7 +182,7 @@ class ReplicateAdapter:
     async def _until_done(self, prediction_id: str) -> dict[str, Any]:
         path = f"/v1/predictions/{quote(prediction_id, safe='')}"
         while True:
-            prediction = await self.http.poll_json("GET", path, request_timeout=self.timeout)
+            prediction = await self.http.poll_json("GET", path)
             status = dig(prediction, "status")
             if status in RUNNING:
                 await self.http.pause()
@@ -226,7 +222,6 @@ class ReplicateAdapter:
             await self.http.send(
                 "POST",
                 f"/v1/predictions/{quote(prediction_id, safe='')}/cancel",
-                request_timeout=self.timeout,
             )
         except ProviderError:
             return False

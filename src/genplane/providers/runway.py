@@ -51,8 +51,7 @@ from genplane.providers.base import (
     ProviderOutput,
     ProviderResult,
 )
-from genplane.providers.coded_http import CodedProviderHttp, json_body
-from genplane.providers.http import field
+from genplane.providers.http import ProviderHttp, dig, json_body
 from genplane.settings import Settings
 
 PROVIDER = "runway"
@@ -174,15 +173,10 @@ class RunwayAdapter:
         headers = {"X-Runway-Version": API_VERSION}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.runway_base_url,
-            _refine,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.runway_base_url, _refine,
             headers=headers,
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
 
     def configured(self) -> bool:
         return self._has_key and bool(self.http.base_url)
@@ -260,9 +254,9 @@ class RunwayAdapter:
         try:
             for index in range(self._task_count(job)):
                 answer = await self.http.json(
-                    "POST", path, json=self.request_body(job, index), request_timeout=self.request_timeout
+                    "POST", path, json=self.request_body(job, index)
                 )
-                task_id = field(answer, "id")
+                task_id = dig(answer, "id")
                 if not isinstance(task_id, str) or not task_id or "," in task_id:
                     raise ProviderError("bse_provider_error", f"{PROVIDER} answered without a task id.", True)
                 task_ids.append(task_id)
@@ -291,7 +285,7 @@ class RunwayAdapter:
         path = f"{TASKS_PATH}/{task_id}"
         while True:
             try:
-                task = await self.http.poll_json("GET", path, request_timeout=self.request_timeout)
+                task = await self.http.poll_json("GET", path)
             except ProviderError as exc:
                 if exc.http_status == 404:
                     raise ProviderError(
@@ -301,14 +295,14 @@ class RunwayAdapter:
                         http_status=404,
                     ) from exc
                 raise
-            status = field(task, "status")
+            status = dig(task, "status")
             if status == "SUCCEEDED":
-                urls = field(task, "output")
+                urls = dig(task, "output")
                 if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
                     raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without outputs.", True)
                 return urls
             if status == "FAILED":
-                code, reason = field(task, "failureCode"), field(task, "failure")
+                code, reason = dig(task, "failureCode"), dig(task, "failure")
                 raise failure_error(code if isinstance(code, str) else "", str(reason or "")[:300])
             if status == "CANCELLED":
                 raise ProviderError(
@@ -332,7 +326,7 @@ class RunwayAdapter:
 
     async def _cancel_one(self, task_id: str) -> bool:
         try:
-            await self.http.send("DELETE", f"{TASKS_PATH}/{task_id}", request_timeout=self.request_timeout)
+            await self.http.send("DELETE", f"{TASKS_PATH}/{task_id}")
         except ProviderError:
             return False  # already gone, or Runway unreachable: nothing more to do from here
         return True

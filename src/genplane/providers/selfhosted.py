@@ -19,10 +19,8 @@ import uuid
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderResult
-from genplane.providers.coded_http import CodedProviderHttp, json_body
 from genplane.providers.comfyui import ComfyUI, comfy_error
-from genplane.providers.http import HeldResults
-from genplane.providers.outputs import dig
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
 from genplane.providers.selfhosted_openai import generate
 from genplane.settings import Settings
 
@@ -74,18 +72,15 @@ class SelfHostedAdapter:
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
         key = settings.selfhosted_api_key.get_secret_value().strip() if settings.selfhosted_api_key else ""
         self.protocol = settings.selfhosted_protocol
-        self.http = CodedProviderHttp(
-            PROVIDER,
-            client,
-            settings.selfhosted_base_url.strip(),
-            refine_error,
+        self.http = ProviderHttp.for_settings(
+            PROVIDER, client, settings, settings.selfhosted_base_url.strip(), refine_error,
             headers={"Authorization": f"Bearer {key}"} if key else {},
-            poll_interval=settings.provider_poll_interval_seconds,
         )
-        self.request_timeout = settings.provider_request_timeout_seconds
         # A synchronous image call is the whole generation; it may take as long as the attempt.
-        self.image_timeout = max(settings.image_attempt_deadline_seconds, self.request_timeout)
-        self.comfy = ComfyUI(self.http, self.request_timeout, settings.max_output_file_bytes)
+        self.image_timeout = max(
+            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
+        )
+        self.comfy = ComfyUI(self.http, settings.max_output_file_bytes)
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp
-from genplane.providers.outputs import CONTENT_TYPES, dig, ext_for, image_output
+from genplane.providers.http import ProviderHttp, dig
+from genplane.providers.outputs import CONTENT_TYPES, ext_for, image_output
 
 PROVIDER = "selfhosted"
 
