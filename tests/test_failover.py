@@ -376,3 +376,19 @@ async def test_outputs_are_stored_in_the_requested_format(rig_factory: Callable[
     body = (await caller.client.get(record["generation_output_file"][0])).content
     assert body.startswith(b"\x89PNG")
     assert record["generation_output_file"][0].endswith(".png")
+
+
+async def test_overall_deadline_stops_the_chain(rig_factory: Callable[..., Any]) -> None:
+    """Each provider hangs within its own deadline, but the chain as a whole runs out first."""
+    rig = await rig_factory(image_attempt_deadline_seconds=5, generation_deadline_seconds=0.6)
+    rig.replicate.hang_submits = 1
+    rig.fal.hang_submits = 1
+    caller = await rig.harness.caller(credits="1")
+    before = await rig.balance(caller)
+    gid = await create(caller, generation_provider_order="replicate, fal")
+    record = await caller.wait(gid, timeout=10)
+    assert record["generation_status"] == "failed"
+    assert record["generation_error_code"] == "bse_provider_timeout"
+    assert record["generation_metrics_total_time"] < 3
+    assert [a[:2] for a in await rig.attempts(gid)] == [("replicate", "failed")]
+    assert await rig.balance(caller) == pytest.approx(before)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     video_attempt_deadline_seconds: float = Field(
         250.0, gt=0, description="Per-provider deadline for video jobs."
     )
+    generation_deadline_seconds: float = Field(
+        900.0, gt=0, description="Overall deadline of a generation's whole provider chain."
+    )
     catalog_dir: Path | None = Field(
         None,
         description="Folder of extra catalogue *.yaml files; an identifier there replaces the packaged one.",

@@ -21,13 +21,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
 
 from genplane.catalog.loader import Catalog, ModelEntry, ProviderBinding
-from genplane.clock import utcnow
+from genplane.clock import as_utc, utcnow
 from genplane.db.models import Generation
 from genplane.errors import ERRORS, ApiError
 from genplane.jobs.fetch import FileFetcher
@@ -120,7 +120,14 @@ class ProviderChain:
             # Providers before the one that was running already failed in an earlier life.
             chain = chain[chain.index(resume["provider"]) :]
         errors: list[dict[str, Any]] = []
+        # The overall deadline counts from the first start, so restarts do not extend it.
+        overall = self.settings.generation_deadline_seconds
+        ends_at = as_utc(gen.started_at or utcnow()) + timedelta(seconds=overall)
         for provider_id in chain:
+            remaining = (ends_at - utcnow()).total_seconds()
+            if remaining <= 0:
+                message = f"The generation did not finish within {overall:.0f} s."
+                raise ChainFailed("bse_provider_timeout", message, errors)
             adapter = self.providers.get(provider_id)
             binding = model.providers.get(provider_id)
             if adapter is None or binding is None or not adapter.configured():
@@ -132,7 +139,9 @@ class ProviderChain:
             prediction_id = resume.get("prediction_id") if resume.get("provider") == provider_id else None
             resume = {}
             try:
-                prediction_id, result = await self._attempt(adapter, job, prediction_id, note_prediction)
+                prediction_id, result = await self._attempt(
+                    adapter, job, prediction_id, note_prediction, remaining
+                )
                 outputs = await self._download(result, gen.model_type, job.output_format)
             except ProviderError as exc:
                 await record_attempt(provider_id, "failed", started, exc.error, exc.message)
@@ -201,9 +210,10 @@ class ProviderChain:
         job: ProviderJob,
         prediction_id: str | None,
         note_prediction: NotePrediction,
+        remaining: float,
     ) -> tuple[str, ProviderResult]:
-        """Submit (or resume) and wait, within the per-attempt deadline."""
-        deadline = self.attempt_deadline(job.model_type)
+        """Submit (or resume) and wait, within the per-attempt and the overall deadline."""
+        deadline = min(self.attempt_deadline(job.model_type), remaining)
         ends = time.monotonic() + deadline
         try:
             async with asyncio.timeout(deadline):
