@@ -39,5 +39,27 @@ def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
     upgrade(url)
     con = sqlite3.connect(db)
     assert con.execute("SELECT balance_millis FROM accounts WHERE id='a'").fetchone() == (5,)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0001",)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
     con.close()
+
+
+def test_accounts_from_before_alerts_get_the_default_threshold(tmp_path: Path) -> None:
+    """0002 gives every existing account the 0.50 threshold, armed unless already below it."""
+    db = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0001")
+    con = sqlite3.connect(db)
+    for account_id, balance in (("rich", 5000), ("poor", 100)):
+        con.execute(
+            "INSERT INTO accounts (id, name, is_personal, plan, balance_millis, subscription_status, "
+            "cancel_at_period_end, currency, period_starts_at, period_ends_at, created_at, updated_at) "
+            f"VALUES ('{account_id}', 'n', 1, 'standard', {balance}, 'active', 0, 'USD', '2026-01-01', "
+            "'2026-02-01', '2026-01-01', '2026-01-01')"
+        )
+    con.commit()
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT account_id, threshold_millis, armed FROM credit_alerts ORDER BY 1").fetchall()
+    con.close()
+    assert rows == [("poor", 500, 0), ("rich", 500, 1)]

@@ -100,6 +100,35 @@ class Settings(BaseSettings):
     selfhosted_api_key: SecretStr | None = None
     selfhosted_protocol: Literal["openai", "comfyui"] = "openai"
 
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key webhook signing secrets are derived from; every process of a deployment "
+        "needs the same one. Unset: generated once into <data_dir>/secret.key.",
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Webhook destinations exempt from the public-address rule (development, tests).",
+    )
+    webhook_retry_schedule_seconds: list[float] = Field(
+        # About 34 h in all before the 15th failure: a receiver down for a day loses nothing.
+        default_factory=lambda: [
+            5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 10800.0, 14400.0,
+            21600.0, 21600.0, 21600.0, 21600.0,
+        ],
+        description="Delay before each retry of a failed delivery (jittered; Retry-After is honoured).",
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="How long one delivery may take.")
+    webhook_max_consecutive_failures: int = Field(
+        15, ge=1, description="Failed deliveries in a row after which an endpoint is disabled."
+    )
+    webhook_dead_letter_hours: float = Field(
+        72.0, gt=0, description="How long delivered and dead-lettered deliveries are kept."
+    )
+    webhook_poll_interval_seconds: float = Field(
+        0.25, gt=0, description="How often the dispatcher looks for deliveries that are due."
+    )
+    webhook_concurrency: int = Field(32, ge=1, le=1024, description="Deliveries sent at once per process.")
+
     rate_limit_per_minute: int = Field(600, ge=1, description="Requests per account per minute.")
     auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications per IP per minute.")
     max_inflight_generations: int = Field(50, ge=1, description="Non-terminal generations per account.")

@@ -17,8 +17,9 @@ from genplane.accounts.keys import (
     visible_prefix,
 )
 from genplane.clock import as_utc, utcnow
+from genplane.credits.alerts import DEFAULT_THRESHOLD_MILLIS
 from genplane.db.engine import Database
-from genplane.db.models import Account, ApiKey
+from genplane.db.models import Account, ApiKey, CreditAlert
 from genplane.errors import ApiError
 from genplane.ids import new_id
 from genplane.settings import Settings
@@ -68,6 +69,8 @@ async def create_account(
     )
     async with db.write() as s:
         s.add(account)
+        await s.flush()
+        s.add(CreditAlert(account_id=account.id, threshold_millis=DEFAULT_THRESHOLD_MILLIS, armed=False))
     if credits_millis:
         from genplane.credits.ledger import add_credits
 

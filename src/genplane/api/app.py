@@ -33,6 +33,7 @@ from genplane.providers.registry import build_http_client, build_providers
 from genplane.settings import Settings, get_settings
 from genplane.storage.store import LocalFileStore
 from genplane.usage.recorder import UsageRecorder
+from genplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("genplane")
 
@@ -49,8 +50,10 @@ def build_services(
     adapters = providers if providers is not None else build_providers(settings, http)
     fetcher = FileFetcher(http, settings.fetch_allow_hosts)
     worker = Worker(db, catalog, adapters, store, settings, fetcher)
+    webhook_guard = FileFetcher(http, settings.webhook_allow_hosts)
     return Services(
         http=http,
+        webhooks=WebhookDispatcher(db, settings, http, webhook_guard),
         settings=settings,
         db=db,
         catalog=catalog,
@@ -82,11 +85,13 @@ def create_app(
         svc.usage.start()
         if settings.run_worker:
             await svc.worker.start()
+            await svc.webhooks.start()
         log.info("genplane_started", region=settings.region, database=svc.db.url.split(":", 1)[0])
         try:
             yield
         finally:
             if settings.run_worker:
+                await svc.webhooks.stop()
                 await svc.worker.stop()
             await svc.usage.stop()
             await svc.http.aclose()

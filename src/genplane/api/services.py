@@ -16,11 +16,13 @@ from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
 from genplane.storage.store import FileStore
 from genplane.usage.recorder import UsageRecorder
+from genplane.webhooks.delivery import WebhookDispatcher
 
 
 @dataclass
 class Services:
     http: httpx.AsyncClient
+    webhooks: WebhookDispatcher
     settings: Settings
     db: Database
     catalog: Catalog

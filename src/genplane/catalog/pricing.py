@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from genplane.catalog.loader import ModelEntry
-from genplane.credits.ledger import to_millis
+from genplane.credits.money import to_millis
 from genplane.errors import ApiError
 
 

@@ -18,7 +18,8 @@ from genplane.accounts import service as accounts
 from genplane.accounts.scopes import PRESETS, parse_scopes
 from genplane.catalog.loader import load_catalog
 from genplane.clock import as_utc, iso, utcnow
-from genplane.credits.ledger import add_credits, to_credits, to_millis
+from genplane.credits.ledger import add_credits
+from genplane.credits.money import to_credits, to_millis
 from genplane.db.engine import Database
 from genplane.db.migrate import upgrade
 from genplane.settings import Settings, get_settings

@@ -11,27 +11,17 @@ and a unique index on (generation_id, kind) backs that up in the database.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
+from genplane.credits.alerts import check_low_balance
+from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, Generation, LedgerEntry
 from genplane.errors import ApiError
-
-MILLIS_PER_CREDIT = 1000
-
-
-def to_millis(credits: Decimal | float | str) -> int:
-    return int((Decimal(str(credits)) * MILLIS_PER_CREDIT).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def to_credits(millis: int) -> float:
-    """Three-decimal credits for the wire (a JSON number, as the contract shows)."""
-    return round(millis / MILLIS_PER_CREDIT, 3)
 
 
 async def _entry(
@@ -71,6 +61,7 @@ async def add_credits(db: Database, account_id: str, millis: int, note: str | No
         if balance is None:
             raise ValueError(f"no account {account_id}")
         await _entry(s, account_id, None, "add", millis, balance, note)
+        await check_low_balance(s, account_id, int(balance))
         return int(balance)
 
 
@@ -93,6 +84,7 @@ async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: 
             details={"required": to_credits(millis), "balance": to_credits(current or 0)},
         )
     await _entry(s, account_id, generation_id, "reserve", millis, balance)
+    await check_low_balance(s, account_id, int(balance))
     return int(balance)
 
 
@@ -119,6 +111,8 @@ async def settle(s: AsyncSession, generation: Generation, kind: Literal["charge"
         current = await s.scalar(select(Account.balance_millis).where(Account.id == generation.account_id))
         balance = int(current or 0)
     await _entry(s, generation.account_id, generation.id, kind, amount, int(balance))
+    if kind == "refund":
+        await check_low_balance(s, generation.account_id, int(balance))
     return True
 
 

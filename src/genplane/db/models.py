@@ -179,3 +179,70 @@ class UsageCounter(Base):
     status_code: Mapped[int] = mapped_column(Integer, primary_key=True)
     error_code: Mapped[str] = mapped_column(String(60), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CreditAlert(Base):
+    """A low-balance threshold of an account; fires once per descent, re-arms on recovery."""
+
+    __tablename__ = "credit_alerts"
+
+    account_id: Mapped[str] = mapped_column(String(40), ForeignKey("accounts.id"), primary_key=True)
+    threshold_millis: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    armed: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class WebhookEndpoint(Base):
+    """Where an account wants its events. The signing secret is derived, never stored."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(40), ForeignKey("accounts.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]]
+    secret_version: Mapped[int] = mapped_column(Integer, default=1)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(300))
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class WebhookEvent(Base):
+    """The transactional outbox: written in the same transaction as the change it reports."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(40), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint. ``id`` is the delivery id the receiver sees on every retry.
+
+    status: ``pending`` (due at ``next_attempt_at``), ``delivered``, ``dead`` (the
+    dead-letter list: the endpoint was disabled) or ``replayed`` (re-sent as a new delivery).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_endpoint_status", "endpoint_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_events.id"))
+    endpoint_id: Mapped[str] = mapped_column(String(40), ForeignKey("webhook_endpoints.id"))
+    account_id: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(12))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]

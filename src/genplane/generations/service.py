@@ -28,6 +28,7 @@ from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
 from genplane.storage.store import FileStore
+from genplane.webhooks.outbox import emit, generation_data
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ class GenerationService:
             if not won:  # finished between our read and our update
                 raise ApiError("bse_generation_not_cancelable")
             refunded = await settle(s, gen, "refund")
+            canceled = await s.get(Generation, gen.id, populate_existing=True)
+            if canceled is not None:
+                await emit(s, gen.account_id, "generation.canceled", generation_data(canceled, refunded))
         sent = await self._cancel_upstream(gen)
         return {
             "generation_id": gen.id,

@@ -247,7 +247,7 @@ class _Failure(Exception):
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """Where one hop goes: the URL as given and the URLs actually requested."""
 
     url: httpx.URL
@@ -485,9 +485,21 @@ class FileFetcher:
             message += f" (after {attempts} attempts)"
         return ProviderError("bse_provider_error", message, retryable=True, http_status=failure.status)
 
+    async def plan_destination(self, url: str) -> Target:
+        """Check a destination URL chosen by a client (a webhook) and pin its addresses.
+
+        Raises ``ValueError`` with a reason when it is not http(s), not public, or does
+        not resolve; the caller sends to ``target.requests`` with ``target.headers`` and
+        ``target.extensions``, so the connection goes to an address that was checked.
+        """
+        try:
+            return await self._plan(url)
+        except _Failure as failure:
+            raise ValueError(failure.message) from None
+
     # ----------------------------------------------------------------- URL checks
 
-    async def _plan(self, url: str | httpx.URL) -> _Target:
+    async def _plan(self, url: str | httpx.URL) -> Target:
         """Check one URL and decide which addresses to connect to; raise _Failure."""
         try:
             u = httpx.URL(url) if isinstance(url, str) else url
@@ -506,13 +518,13 @@ class FileFetcher:
         port = u.port or (443 if u.scheme == "https" else 80)
         normalised = _normalise_host(host)
         if normalised in self.allow_hosts:
-            return _Target(u, [u], {}, {})
+            return Target(u, [u], {}, {})
 
         literal = _literal_ip(host)
         if literal is not None:
             if not is_public_address(literal):
                 raise _Failure("unsafe", "the URL points to a non-public address")
-            return _Target(u, [u], {}, {})
+            return Target(u, [u], {}, {})
         labels = normalised.split(".")
         if _NUMERIC_LABEL.match(labels[-1]) or any(c in host for c in "%[]:"):
             raise _Failure("unsafe", "the URL's host is not a canonical IP address or a hostname")
@@ -540,7 +552,7 @@ class FileFetcher:
         host_header = host if u.port is None else f"{host}:{u.port}"
         extensions = {"sni_hostname": host} if u.scheme == "https" else {}
         pinned = [u.copy_with(host=str(ip)) for ip in checked]
-        return _Target(u, pinned, {"Host": host_header}, extensions)
+        return Target(u, pinned, {"Host": host_header}, extensions)
 
     # ----------------------------------------------------------------- download
 
@@ -566,7 +578,7 @@ class FileFetcher:
                 raise _Failure("unsafe", "a redirect's Location is not a valid URL") from None
         raise _Failure("redirects", f"more than {self.max_redirects} redirects")
 
-    async def _request(self, target: _Target, max_bytes: int) -> bytes | str:
+    async def _request(self, target: Target, max_bytes: int) -> bytes | str:
         """Fetch one hop: its body, or the Location it redirects to."""
         last_error: Exception | None = None
         for request_url in target.requests:
@@ -590,7 +602,7 @@ class FileFetcher:
         name = type(last_error).__name__ if last_error else "no address"
         raise _Failure("unreachable", f"could not connect to {target.url.host} ({name})")
 
-    async def _read(self, target: _Target, response: httpx.Response, max_bytes: int) -> bytes | str:
+    async def _read(self, target: Target, response: httpx.Response, max_bytes: int) -> bytes | str:
         status = response.status_code
         if status in _REDIRECT_STATUSES:
             location = str(response.headers.get("location") or "")

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.catalog.loader import Catalog
 from genplane.clock import as_utc, utcnow
@@ -32,6 +33,7 @@ from genplane.jobs.fetch import FileFetcher
 from genplane.providers.base import ProviderAdapter, ProviderOutput
 from genplane.settings import Settings
 from genplane.storage.store import FileStore, StorageError, StoredFile
+from genplane.webhooks.outbox import emit, generation_data
 
 log = structlog.get_logger("genplane.worker")
 
@@ -134,6 +136,8 @@ class Worker:
     async def _run(self, gid: str) -> None:
         async with self.db.write() as s:
             gen = await repo.claim(s, gid, self.owner, self.settings.lease_seconds)
+            if gen is not None and gen.claims == 1:
+                await emit(s, gen.account_id, "generation.started", generation_data(gen))
         if gen is None:
             return
         if gen.claims > self.settings.max_job_claims:
@@ -248,6 +252,7 @@ class Worker:
             )
             if won:
                 await settle(s, gen, "charge")
+                await _emit_terminal(s, gen.id, "generation.completed")
             repo.record_attempt(
                 s,
                 gen,
@@ -278,7 +283,8 @@ class Worker:
                 metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
             )
             if won:
-                await settle(s, gen, "refund")
+                refunded = await settle(s, gen, "refund")
+                await _emit_terminal(s, gen.id, "generation.failed", refunded)
         if won:
             log.info("generation_failed", generation_id=gen.id, error=error)
             await self._notify(gen.id)
@@ -286,3 +292,12 @@ class Worker:
     async def _notify(self, gid: str) -> None:
         if self.on_terminal is not None:
             await self.on_terminal(gid)
+
+
+async def _emit_terminal(
+    s: AsyncSession, generation_id: str, event_type: str, refunded: bool | None = None
+) -> None:
+    """The terminal event, from the row as this transaction just wrote it."""
+    gen = await s.get(Generation, generation_id, populate_existing=True)
+    if gen is not None:
+        await emit(s, gen.account_id, event_type, generation_data(gen, refunded))

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from genplane.clock import utcnow
-from genplane.credits.ledger import to_credits
+from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, Generation, ProviderAttempt, UsageCounter
 

@@ -1,0 +1,82 @@
+"""Low-balance alerts: each threshold fires once on the way down and re-arms on the way up.
+
+Checked inside every transaction that moves a balance, so the ``credits.low_balance``
+event is written (or not) together with the movement that crossed the threshold.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from genplane.credits.money import to_credits
+from genplane.db.models import CreditAlert
+from genplane.webhooks.outbox import emit
+
+DEFAULT_THRESHOLD_MILLIS = 500
+MAX_THRESHOLDS = 10
+
+
+async def check_low_balance(s: AsyncSession, account_id: str, balance_millis: int) -> list[int]:
+    """Fire the armed thresholds the balance fell below; re-arm those it is back above."""
+    fired = list(
+        (
+            await s.scalars(
+                update(CreditAlert)
+                .where(
+                    CreditAlert.account_id == account_id,
+                    CreditAlert.armed.is_(True),
+                    CreditAlert.threshold_millis > balance_millis,
+                )
+                .values(armed=False)
+                .returning(CreditAlert.threshold_millis)
+            )
+        ).all()
+    )
+    await s.execute(
+        update(CreditAlert)
+        .where(
+            CreditAlert.account_id == account_id,
+            CreditAlert.armed.is_(False),
+            CreditAlert.threshold_millis <= balance_millis,
+        )
+        .values(armed=True)
+    )
+    if fired:
+        await emit(
+            s,
+            account_id,
+            "credits.low_balance",
+            {
+                "account_id": account_id,
+                "current_balance": to_credits(balance_millis),
+                "thresholds_crossed": [
+                    {"threshold": to_credits(t), "balance_at": to_credits(balance_millis)}
+                    for t in sorted(fired, reverse=True)
+                ],
+            },
+        )
+    return sorted(fired)
+
+
+async def set_thresholds(
+    s: AsyncSession, account_id: str, thresholds_millis: list[int], balance: int
+) -> None:
+    """Replace an account's thresholds (at most ten); each starts armed unless already crossed."""
+    unique = sorted(set(thresholds_millis))
+    if len(unique) > MAX_THRESHOLDS:
+        raise ValueError(f"at most {MAX_THRESHOLDS} thresholds")
+    if any(t <= 0 for t in unique):
+        raise ValueError("thresholds are positive")
+    await s.execute(delete(CreditAlert).where(CreditAlert.account_id == account_id))
+    for t in unique:
+        s.add(CreditAlert(account_id=account_id, threshold_millis=t, armed=balance >= t))
+
+
+async def thresholds(s: AsyncSession, account_id: str) -> list[tuple[int, bool]]:
+    rows = await s.execute(
+        select(CreditAlert.threshold_millis, CreditAlert.armed)
+        .where(CreditAlert.account_id == account_id)
+        .order_by(CreditAlert.threshold_millis)
+    )
+    return [(int(t), bool(a)) for t, a in rows.all()]
