@@ -62,35 +62,63 @@ class WebhookDispatcher:
         self.key = server_key(settings)
         self.owner_lease = timedelta(seconds=settings.webhook_timeout_seconds * 3 + 5)
         self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Outcome | None]] = set()
+        self._wake = asyncio.Event()
         self._last_purge = 0.0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop sending; deliveries cut short keep their lease and are sent again later."""
+        tasks = [t for t in (self._task, *self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
+        self._inflight.clear()
 
     async def _loop(self) -> None:
+        """Keep up to ``webhook_concurrency`` deliveries in flight; a slow receiver holds one slot."""
         while True:
+            claimed = 0
             try:
-                sent = await self.run_due()
+                room = self.settings.webhook_concurrency - len(self._inflight)
+                if room > 0:
+                    for delivery_id in await self.claim_due(room):
+                        task = asyncio.create_task(self.deliver(delivery_id))
+                        self._inflight.add(task)
+                        task.add_done_callback(self._finished)
+                        claimed += 1
                 if time.monotonic() - self._last_purge > 600:
                     self._last_purge = time.monotonic()
                     await self.purge()
             except Exception:
                 log.exception("webhook_dispatch_failed")
-                sent = 0
-            if not sent:
-                await asyncio.sleep(self.settings.webhook_poll_interval_seconds)
+            if not claimed:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.webhook_poll_interval_seconds):
+                        await self._wake.wait()
+
+    def _finished(self, task: asyncio.Task[Outcome | None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook_delivery_crashed", error=repr(task.exception()))
+
+    async def run_due(self) -> int:
+        """Claim and send the deliveries due now, waiting for them; returns how many (tests, CLI)."""
+        claimed = await self.claim_due(self.settings.webhook_concurrency)
+        await asyncio.gather(*(self.deliver(d) for d in claimed))
+        return len(claimed)
 
     # -- claiming --------------------------------------------------------------------
 
-    async def run_due(self) -> int:
-        """Claim and send the deliveries that are due now; returns how many were sent."""
+    async def claim_due(self, limit: int) -> list[str]:
+        """Take the lease of up to ``limit`` deliveries that are due now."""
         now = utcnow()
         due = or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now)
         ready = and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, due)
@@ -101,24 +129,23 @@ class WebhookDispatcher:
                         select(WebhookDelivery.id)
                         .where(ready)
                         .order_by(WebhookDelivery.next_attempt_at)
-                        .limit(self.settings.webhook_concurrency)
+                        .limit(limit)
                     )
                 ).all()
             )
         if not ids:
-            return 0
+            return []
         claimed: list[str] = []
         async with self.db.write() as s:
             for delivery_id in ids:
                 res = await s.execute(
                     update(WebhookDelivery)
-                    .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending", due)
+                    .where(WebhookDelivery.id == delivery_id, ready)
                     .values(lease_until=now + self.owner_lease)
                 )
                 if res.rowcount:  # type: ignore[attr-defined]
                     claimed.append(delivery_id)
-        await asyncio.gather(*(self.deliver(d) for d in claimed))
-        return len(claimed)
+        return claimed
 
     # -- one delivery ----------------------------------------------------------------
 
