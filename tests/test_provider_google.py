@@ -158,11 +158,12 @@ async def test_imagen_splits_more_than_four_outputs_into_calls(rig: Rig) -> None
     assert len(result.outputs) == 6 and all(o.ext == "png" for o in result.outputs)
 
 
-async def test_imagen_webp_is_converted_since_imagen_cannot_write_it(rig: Rig) -> None:
+async def test_imagen_webp_is_left_to_the_worker_since_imagen_cannot_write_it(rig: Rig) -> None:
+    """Imagen has no WebP; the adapter passes its PNG on, typed by content (the worker converts)."""
     result = await run(rig.adapter(), imagen_job(output_format="webp"))
     assert "outputOptions" not in rig.fake.requests[0]["json"]["parameters"]
-    assert (result.outputs[0].ext, result.outputs[0].content_type) == ("webp", "image/webp")
-    assert pil_format(result.outputs[0].data) == "WEBP"
+    assert (result.outputs[0].ext, result.outputs[0].content_type) == ("png", "image/png")
+    assert pil_format(result.outputs[0].data) == "PNG"
 
 
 async def test_imagen_catalogue_overrides(rig: Rig) -> None:
@@ -240,9 +241,10 @@ async def test_gemini_sends_text_and_images_and_skips_thought_drafts(rig: Rig) -
     assert [(o.ext, pil_format(o.data)) for o in result.outputs] == [("png", "PNG")] * 2
 
 
-async def test_gemini_output_is_converted_to_the_requested_format(rig: Rig) -> None:
+async def test_gemini_output_is_typed_by_its_content(rig: Rig) -> None:
+    """Gemini answers PNG whatever was asked; the adapter says so (the worker converts)."""
     result = await run(rig.adapter(), gemini_job(output_format="jpg"))
-    assert (result.outputs[0].ext, pil_format(result.outputs[0].data)) == ("jpg", "JPEG")
+    assert (result.outputs[0].ext, pil_format(result.outputs[0].data)) == ("png", "PNG")
 
 
 async def test_gemini_params_merge_into_config_and_top_level(rig: Rig) -> None:

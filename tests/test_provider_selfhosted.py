@@ -117,7 +117,7 @@ def test_placeholders_keep_types_whole_and_interpolate_inside_text() -> None:
 # -- OpenAI-compatible ----------------------------------------------------------------
 
 
-async def test_openai_protocol_maps_the_job_and_converts_the_format(rig: Rig) -> None:
+async def test_openai_protocol_maps_the_job(rig: Rig) -> None:
     one = job(
         output_number=2,
         output_format="jpg",
@@ -142,8 +142,9 @@ async def test_openai_protocol_maps_the_job_and_converts_the_format(rig: Rig) ->
         "steps": 30,
     }
     assert prediction_id.startswith(SYNC_PREFIX)
-    assert [(o.ext, o.content_type) for o in result.outputs] == [("jpg", "image/jpeg")] * 2
-    assert all(pil_format(o.data) == "JPEG" for o in result.outputs)
+    # The box answered PNG; outputs are typed by content (the worker converts to jpg).
+    assert [(o.ext, o.content_type) for o in result.outputs] == [("png", "image/png")] * 2
+    assert all(pil_format(o.data) == "PNG" for o in result.outputs)
 
 
 async def test_openai_protocol_catalogue_overrides(rig: Rig) -> None:
@@ -181,7 +182,7 @@ async def test_openai_protocol_urls_on_the_box_are_fetched_here(rig: Rig) -> Non
     rig.fake.answer_urls = True
     result = await run(rig.adapter(), job(output_format="webp"))
     [output] = result.outputs
-    assert output.url is None and pil_format(output.data) == "WEBP"
+    assert output.url is None and pil_format(output.data) == "PNG"  # as the box sent it
 
     rig.fake.url_ttl = 0.0  # already expired when fetched
     err = await fails_with(rig.adapter(), job())
@@ -271,7 +272,7 @@ async def test_comfyui_fills_the_default_workflow_polls_and_fetches(rig: Rig) ->
     assert [(v["subfolder"], v["type"]) for v in views] == [
         ("genplane", "output")
     ] * 2  # not the temp preview
-    assert [(o.ext, pil_format(o.data)) for o in result.outputs] == [("jpg", "JPEG")] * 2
+    assert [(o.ext, pil_format(o.data)) for o in result.outputs] == [("png", "PNG")] * 2  # SaveImage
     assert result.predict_time == 4.5
 
 

@@ -22,6 +22,30 @@ from starlette.routing import Route
 from tests.fakes.media import FileHost, image_bytes
 from tests.fakes.network import FakeNetwork
 
+# The FLUX.1 endpoints' OutputFormat enum is "jpeg" | "png"; their width and height are
+# multiples of 32 within 256..1440. FastAPI answers anything else with a 422.
+FLUX1_MODELS = frozenset(
+    {"flux-dev", "flux-pro", "flux-pro-1.1", "flux-pro-1.1-ultra", "flux-kontext-pro", "flux-kontext-max"}
+)
+FLUX1_OUTPUT_FORMATS = ("jpeg", "png")
+
+
+def validation_errors(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """FastAPI's ``detail`` items for a body the real endpoint would refuse."""
+    if model not in FLUX1_MODELS:
+        return []
+    errors: list[dict[str, Any]] = []
+    fmt = body.get("output_format")
+    if fmt is not None and fmt not in FLUX1_OUTPUT_FORMATS:
+        errors.append({"type": "enum", "loc": ["body", "output_format"], "input": fmt,
+                       "msg": "Input should be 'jpeg' or 'png'", "ctx": {"expected": "'jpeg' or 'png'"}})
+    for side in ("width", "height"):
+        value = body.get(side)
+        if value is not None and (not isinstance(value, int) or value % 32 or not 256 <= value <= 1440):
+            errors.append({"type": "value_error", "loc": ["body", side], "input": value,
+                           "msg": "Value error, must be a multiple of 32 within 256..1440"})
+    return errors
+
 
 @dataclass
 class Task:
@@ -100,6 +124,8 @@ class FakeBfl:
             return JSONResponse({"detail": "Insufficient credits"}, status_code=402)
         if self.moderate_submit:
             return JSONResponse({"detail": "Request Moderated: prompt flagged"}, status_code=400)
+        if errors := validation_errors(request.path_params["model"], body):
+            return JSONResponse({"detail": errors}, status_code=422)
         if not isinstance(body.get("prompt"), str):
             return JSONResponse(
                 {"detail": [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]},

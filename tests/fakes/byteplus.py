@@ -30,6 +30,37 @@ def ark_error(status: int, code: str, message: str, type_: str = "BadRequest",
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# What each Seedream generation accepts as ``size``: named presets, and the range of "WxH".
+# Seedream 3.0 bounds each side to 512..2048; 4.x bounds the total pixels (and the shape).
+SEEDREAM_SIZES: dict[str, tuple[set[str], tuple[int, int] | None, tuple[int, int] | None]] = {
+    # model prefix: (presets, (min side, max side), (min pixels, max pixels))
+    "seedream-3-0": (set(), (512, 2048), None),
+    "seedream-4-0": ({"1K", "2K", "4K"}, None, (1280 * 720, 4096 * 4096)),
+    "seedream-4-5": ({"2K", "4K"}, None, (2560 * 1440, 4096 * 4096)),
+}
+
+
+def size_problem(model: str, size: Any) -> str | None:
+    """Why Ark would refuse this ``size`` for this model, or None."""
+    rule = next((r for prefix, r in SEEDREAM_SIZES.items() if model.startswith(prefix)), None)
+    if rule is None or size is None:
+        return None
+    presets, sides, pixels = rule
+    if size in presets:
+        return None
+    try:
+        width, height = (int(v) for v in str(size).lower().split("x"))
+    except ValueError:
+        return f"size {size!r} is neither WxH nor one of {sorted(presets)}"
+    if sides is not None and not all(sides[0] <= v <= sides[1] for v in (width, height)):
+        return f"each side of size must be within [{sides[0]}, {sides[1]}], got {size}"
+    if pixels is not None and not pixels[0] <= width * height <= pixels[1]:
+        return f"the total pixels of size must be within [{pixels[0]}, {pixels[1]}], got {size}"
+    if not 1 / 16 <= width / height <= 16:
+        return f"the aspect ratio of size must be within [1/16, 16], got {size}"
+    return None
+
+
 @dataclass
 class SeenCall:
     method: str
@@ -130,6 +161,10 @@ class FakeBytePlus:
             return ark_error(400, "OutputImageSensitiveContentDetected",
                              "The generated image may contain sensitive information.")
         body = self.calls[-1].body
+        problem = size_problem(str(body.get("model")), body.get("size"))
+        if problem is not None:
+            return ark_error(400, "InvalidParameter",
+                             f"The parameter `size` specified in the request is not valid: {problem}.")
         self.cdn.ttl_seconds = self.output_ttl
         item: dict[str, Any] = {"size": body.get("size", "2048x2048")}
         if body.get("response_format") == "b64_json":

@@ -28,6 +28,15 @@ QUEUE_HOST = "queue.fal.run"
 CDN_HOST = "v3.fal.media"
 NAMESPACES = ("workflows", "comfy")
 OUT_OF_BALANCE = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+# Endpoints whose ``output_format`` is an enum without WebP: the real input schemas refuse
+# anything else with a 422 (FLUX.1 and Qwen-Image take "jpeg" or "png" only).
+OUTPUT_FORMATS = {
+    "fal-ai/flux/schnell": ("jpeg", "png"),
+    "fal-ai/flux/dev": ("jpeg", "png"),
+    "fal-ai/flux-pro/v1.1": ("jpeg", "png"),
+    "fal-ai/flux-pro/v1.1-ultra": ("jpeg", "png"),
+    "fal-ai/qwen-image": ("jpeg", "png"),
+}
 
 
 def app_of(endpoint: str) -> str:
@@ -118,6 +127,15 @@ class FakeFal:
         if not isinstance(body, dict) or not body.get("prompt"):
             detail = [{"loc": ["body", "prompt"], "msg": "Field required", "type": "missing"}]
             return JSONResponse({"detail": detail}, status_code=422)
+        allowed = OUTPUT_FORMATS.get(endpoint)
+        fmt = body.get("output_format")
+        if allowed is not None and fmt is not None and fmt not in allowed:
+            expected = " or ".join(f"'{a}'" for a in allowed)
+            refused: list[dict[str, Any]] = [
+                {"loc": ["body", "output_format"], "msg": f"Input should be {expected}",
+                 "type": "literal_error", "input": fmt, "ctx": {"expected": expected}}
+            ]
+            return JSONResponse({"detail": refused}, status_code=422)
         rid = str(uuid.uuid4())
         req = {"id": rid, "app": app_of(endpoint), "body": body, "polls": 0, "state": "IN_QUEUE"}
         self.requests[rid] = req

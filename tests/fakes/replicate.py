@@ -180,6 +180,8 @@ class FakeReplicate:
             urls = [self.files.publish(mp4_bytes(), "mp4")]
         else:
             fmt = str(p["input"].get("output_format") or "webp")
-            count = int(p["input"].get("num_outputs") or p["input"].get("max_images") or 1)
+            # Seedream's max_images counts only in group mode ("auto"); it makes one image otherwise.
+            group = p["input"].get("sequential_image_generation") == "auto"
+            count = int(p["input"].get("num_outputs") or (group and p["input"].get("max_images")) or 1)
             urls = [self.files.publish(image_bytes(fmt), fmt) for _ in range(count)]
         p["output"] = urls[0] if self.single_output else urls

@@ -31,7 +31,6 @@ negative prompt, output number and inputs override ``params``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 from typing import Any
@@ -255,7 +254,7 @@ class ComfyUI:
         ext = str(file["filename"]).rpartition(".")[2].lower()
         ext = {"jpeg": "jpg"}.get(ext, ext)
         if job.model_type == "image":
-            return await asyncio.to_thread(image_output, PROVIDER, data, job.output_format)
+            return image_output(PROVIDER, data)
         return ProviderOutput(
             ext=ext, content_type=CONTENT_TYPES.get(ext, "application/octet-stream"), data=data
         )

@@ -274,7 +274,7 @@ class GoogleAdapter:
             raise _policy(
                 "; ".join(reasons) or "Imagen returned no image (its safety filters blocked the prompt)."
             )
-        return [await asyncio.to_thread(image_output, PROVIDER, data, job.output_format) for data in images]
+        return [image_output(PROVIDER, data) for data in images]
 
     # -- Gemini image models (generateContent) ---------------------------------------------
 
@@ -332,7 +332,7 @@ class GoogleAdapter:
                     texts.append(str(dig(part, "text")))
         if images:
             return [
-                await asyncio.to_thread(image_output, PROVIDER, data, job.output_format) for data in images
+                image_output(PROVIDER, data) for data in images
             ]
         refused = [f for f in finishes if f in _POLICY_FINISH]
         if refused:

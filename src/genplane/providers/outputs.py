@@ -12,6 +12,7 @@ import binascii
 from typing import Any
 from urllib.parse import urlsplit
 
+from genplane.jobs.fetch import sniff
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput
 
 CONTENT_TYPES = {
@@ -64,30 +65,14 @@ def canceled_upstream(provider: str, job_id: str) -> ProviderError:
     return ProviderError("bse_provider_error", message, retryable=True)
 
 
-_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+def image_output(provider: str, data: bytes) -> ProviderOutput:
+    """Image bytes as an output typed by their content.
 
-
-def image_output(provider: str, data: bytes, wanted: str) -> ProviderOutput:
-    """Image bytes as an output in the requested format, re-encoded when the provider sent another.
-
-    For providers with no output-format option (ComfyUI's SaveImage writes PNG, Gemini
-    image models answer PNG): the record promises the format the client asked for.
-    CPU work: call it through ``asyncio.to_thread``.
+    The worker re-encodes outputs into the format the client asked for
+    (``genplane.jobs.media``), so providers without a format option (ComfyUI's
+    SaveImage writes PNG, Gemini image models answer PNG) need nothing more here.
     """
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            sent = next((e for e, f in _PIL_FORMATS.items() if f == opened.format), None)
-            target = wanted if wanted in _PIL_FORMATS else (sent or "png")
-            if sent == target:
-                return ProviderOutput(ext=target, content_type=CONTENT_TYPES[target], data=data)
-            image = opened.convert("RGB") if target == "jpg" and opened.mode not in ("RGB", "L") else opened
-            out = io.BytesIO()
-            image.save(out, _PIL_FORMATS[target])
-    except (OSError, ValueError, UnidentifiedImageError) as exc:
-        message = f"{provider} sent an image that cannot be decoded."
-        raise ProviderError("bse_provider_error", message, True) from exc
-    return ProviderOutput(ext=target, content_type=CONTENT_TYPES[target], data=out.getvalue())
+    found = sniff(data)
+    if found is None or found.kind != "image":
+        raise ProviderError("bse_provider_error", f"{provider} sent something that is not an image.", True)
+    return ProviderOutput(ext=found.ext, content_type=found.content_type, data=data)

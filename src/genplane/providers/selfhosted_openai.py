@@ -89,7 +89,7 @@ async def _output(http: ProviderHttp, job: ProviderJob, item: Any, request_timeo
         data = (await http.send("GET", url, request_timeout=request_timeout)).content
     else:
         raise ProviderError("bse_provider_error", f"{PROVIDER} sent an image without data.", True)
-    return await asyncio.to_thread(image_output, PROVIDER, data, job.output_format)
+    return image_output(PROVIDER, data)
 
 
 def _form_value(value: Any) -> str:
