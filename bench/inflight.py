@@ -36,7 +36,7 @@ from tests.fakes.network import FakeNetwork  # noqa: E402
 from genplane.accounts import service as accounts  # noqa: E402
 from genplane.accounts.scopes import parse_scopes  # noqa: E402
 from genplane.api.app import create_app  # noqa: E402
-from genplane.credits.ledger import to_millis  # noqa: E402
+from genplane.credits.money import to_millis  # noqa: E402
 from genplane.db.models import Generation  # noqa: E402
 from genplane.logs import configure_logging  # noqa: E402
 from genplane.settings import Settings  # noqa: E402

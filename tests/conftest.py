@@ -17,7 +17,7 @@ from genplane.accounts import service as accounts
 from genplane.accounts.scopes import parse_scopes
 from genplane.api.app import create_app
 from genplane.api.services import Services
-from genplane.credits.ledger import to_millis
+from genplane.credits.money import to_millis
 from genplane.settings import Settings
 
 

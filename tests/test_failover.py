@@ -303,7 +303,7 @@ async def test_restart_resumes_waiting_on_the_same_prediction(tmp_path: Path) ->
     from genplane.accounts import service as accounts
     from genplane.accounts.scopes import parse_scopes
     from genplane.api.app import create_app
-    from genplane.credits.ledger import to_millis
+    from genplane.credits.money import to_millis
     from tests.conftest import make_settings
 
     catalog_dir = tmp_path / "catalog"
