@@ -1015,3 +1015,17 @@ async def test_balance_never_goes_negative_under_concurrent_creates(harness: Har
     # Topping up makes the same request possible again.
     await add_credits(harness.services.db, caller.account_id, 3)
     assert (await caller.create_image()).status_code == 200
+
+
+async def test_image_to_video_model_without_an_input_image_is_refused_upfront(harness: Harness) -> None:
+    """runway/gen4-turbo animates an image: without one the request is refused before any money moves."""
+    caller = await harness.caller(credits="5")
+    r = await caller.post(
+        "/v1/generate/video/runway/gen4-turbo",
+        json={"generation_prompt": "waves", "generation_duration": 5},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bse_invalid_input"
+    assert r.json()["details"]["field"] == "generation_input_file"
+    billing = (await caller.get("/v1/user/billing")).json()["data"]
+    assert billing["billing_credit_balance"] == 5.0

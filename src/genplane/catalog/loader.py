@@ -48,6 +48,7 @@ class ModelSchema(_Strict):
     generation_output_format: list[str]
     generation_output_number: int = Field(ge=1, le=100)
     generation_input_file: bool = False
+    generation_input_file_required: bool = False  # image-to-video models: no input, no video
     generation_input_file_last_content: bool = False
     generation_duration: list[int] | None = None
     generation_resolution: list[str] | None = None
@@ -64,6 +65,9 @@ class ProviderBinding(_Strict):
     """
 
     model_id: str
+    # The native id to use when the request carries input files, for providers whose
+    # image-to-image or image-to-video endpoint is another model than text-to-X.
+    input_model_id: str | None = None
     params: dict[str, Any] = {}
     fields: dict[str, str] = {}
     values: dict[str, dict[str, Any]] = {}
@@ -99,6 +103,8 @@ class ModelEntry(_Strict):
             raise ValueError(f"unknown specific_schema fields {sorted(unknown)}; known: {SPECIFIC_FIELDS}")
         if not self.providers:
             raise ValueError("a model needs at least one provider")
+        if s.generation_input_file_required and not s.generation_input_file:
+            raise ValueError("generation_input_file_required needs generation_input_file: true")
         if not s.generation_ratio or not s.generation_output_format:
             raise ValueError("a model lists at least one ratio and one output format")
         return self

@@ -166,6 +166,9 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
     number = body.generation_output_number or 1
     if number > schema.generation_output_number:
         raise _out_of_range("generation_output_number", number, f"1..{schema.generation_output_number}")
+    if schema.generation_input_file_required and not body.generation_input_file:
+        message = f"{model.model_identifier} needs an input image in 'generation_input_file'."
+        raise invalid_input("generation_input_file", message)
     for url in body.generation_input_file or []:
         _check_url("generation_input_file", url)
     if body.generation_input_file_last_content:

@@ -169,7 +169,9 @@ class ProviderChain:
         return ProviderJob(
             generation_id=gen.id,
             model_identifier=gen.model_identifier,
-            native_model_id=binding.model_id,
+            native_model_id=binding.input_model_id
+            if (inputs or last_frame) and binding.input_model_id
+            else binding.model_id,
             model_type=gen.model_type,
             prompt=gen.prompt,
             ratio=gen.ratio or model.schema_.generation_ratio[0],

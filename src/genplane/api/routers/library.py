@@ -30,8 +30,9 @@ Health = Annotated[AuthContext, Depends(require(Scope.HEALTH_READ))]
 
 def _schema(model: ModelEntry) -> dict[str, Any]:
     schema = model.schema_.model_dump(exclude_none=True)
-    if not model.schema_.generation_input_file_last_content:
-        schema.pop("generation_input_file_last_content", None)
+    for flag in ("generation_input_file_last_content", "generation_input_file_required"):
+        if not schema.get(flag):
+            schema.pop(flag, None)
     return schema
 
 
