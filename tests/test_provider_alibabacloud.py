@@ -150,7 +150,7 @@ async def test_sizes_follow_the_model_family(rig: Rig) -> None:
     await run(rig.adapter(), image_job(ratio="5:4"))  # no preset: computed, sides in steps of 16
     await run(rig.adapter(), image_job(native_model_id="wan2.2-t2i-plus", ratio="5:4"))
     sizes = [c.body["parameters"]["size"] for c in rig.fake.submits()]
-    assert sizes == ["1280*720", "1520*1216", "1152*912"]
+    assert sizes == ["1280*720", "1520*1216", "1152*928"]
 
 
 async def test_one_refused_image_fails_the_batch(rig: Rig) -> None:

@@ -42,7 +42,6 @@ Protocol facts this adapter relies on:
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from datetime import datetime
 from typing import Any
@@ -52,6 +51,7 @@ import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.sizes import aspect, size_near_area
 from genplane.settings import Settings
 
 PROVIDER = "alibabacloud"
@@ -143,14 +143,10 @@ def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
 
 def _ratio_size(ratio: str, area: int = 1024 * 1024, step: int = 16) -> str | None:
     """W*H for a ratio like "5:4" at about ``area`` pixels, sides a multiple of ``step``."""
-    try:
-        w, h = (float(x) for x in ratio.split(":"))
-    except ValueError:
+    if aspect(ratio, default=0.0) == 0.0:
         return None
-    if w <= 0 or h <= 0:
-        return None
-    width = math.sqrt(area * w / h)
-    return f"{round(width / step) * step}*{round(width * h / w / step) * step}"
+    width, height = size_near_area(ratio, area, step)
+    return f"{width}*{height}"
 
 
 def _image_sizes(model: str) -> tuple[dict[str, str], int]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import MAX_RETRY_AFTER_SECONDS, ProviderHttp, dig, json_body
+from genplane.providers.sizes import size_near_area
 from genplane.settings import Settings
 
 # Sentinel for ``fields: {generation_ratio: width,height}``: send pixel dimensions.
@@ -70,20 +70,7 @@ def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderErr
 
 def dimensions(ratio: str) -> tuple[int, int]:
     """Width and height near one megapixel for ``"W:H"``, multiples of 32 within 256..1440."""
-    try:
-        w_part, h_part = ratio.split(":")
-        aspect = float(w_part) / float(h_part)
-    except (ValueError, ZeroDivisionError):
-        aspect = 1.0
-    if not math.isfinite(aspect) or aspect <= 0:
-        aspect = 1.0
-
-    def snap(value: float) -> int:
-        return int(min(_MAX_SIDE, max(_MIN_SIDE, round(value / _STEP) * _STEP)))
-
-    width = snap(math.sqrt(_TARGET_AREA * aspect))
-    height = snap(width / aspect)
-    return width, height
+    return size_near_area(ratio, _TARGET_AREA, _STEP, _MIN_SIDE, _MAX_SIDE)
 
 
 def _mapped(job: ProviderJob, unified: str, value: Any, defaults: dict[str, Any]) -> Any:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import math
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.sizes import size_near_area
 from genplane.settings import Settings
 
 PROVIDER = "cloudflare"
@@ -100,19 +100,7 @@ def profile_for(model: str) -> Profile:
 
 def dimensions(ratio: str) -> tuple[int, int]:
     """Width and height near one megapixel for ``"W:H"``, multiples of 32 within 256..1920."""
-    try:
-        w_part, h_part = ratio.split(":")
-        aspect = float(w_part) / float(h_part)
-    except (ValueError, ZeroDivisionError):
-        aspect = 1.0
-    if not math.isfinite(aspect) or aspect <= 0:
-        aspect = 1.0
-
-    def snap(value: float) -> int:
-        return int(min(_MAX_SIDE, max(_MIN_SIDE, round(value / _STEP) * _STEP)))
-
-    width = snap(math.sqrt(_TARGET_AREA * aspect))
-    return width, snap(width / aspect)
+    return size_near_area(ratio, _TARGET_AREA, _STEP, _MIN_SIDE, _MAX_SIDE)
 
 
 def cloudflare_error(errors: Any, fallback: ProviderError | None = None) -> ProviderError:

@@ -27,7 +27,6 @@ Protocol facts this adapter relies on:
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 from urllib.parse import quote
@@ -38,6 +37,7 @@ import orjson
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import ProviderHttp, dig, error_for_status
 from genplane.providers.outputs import canceled_upstream, output_for
+from genplane.providers.sizes import aspect, size_near_area
 from genplane.settings import Settings
 
 PROVIDER = "fal"
@@ -87,13 +87,9 @@ def image_size(ratio: str) -> str | dict[str, int]:
     preset = _IMAGE_SIZE_PRESETS.get(ratio)
     if preset:
         return preset
-    w, _, h = ratio.partition(":")
-    try:
-        aspect = float(w) / float(h)
-    except (ValueError, ZeroDivisionError):
+    if aspect(ratio, default=0.0) == 0.0:
         return "square_hd"
-    width = round(math.sqrt(1024 * 1024 * aspect) / 16) * 16
-    height = round(math.sqrt(1024 * 1024 / aspect) / 16) * 16
+    width, height = size_near_area(ratio, 1024 * 1024, 16)
     return {"width": width, "height": height}
 
 

@@ -31,7 +31,6 @@ import asyncio
 import base64
 import binascii
 import io
-import math
 import uuid
 from typing import Any
 
@@ -39,6 +38,7 @@ import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.sizes import nearest_shape
 from genplane.settings import Settings
 
 IMAGE_PREFIX = "openai-images-"
@@ -63,14 +63,7 @@ _QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not
 
 def nearest_size(ratio: str, sizes: Sizes) -> str:
     """The size string from ``sizes`` whose shape is closest to ``"W:H"``."""
-    try:
-        w_part, h_part = ratio.split(":")
-        aspect = float(w_part) / float(h_part)
-    except (ValueError, ZeroDivisionError):
-        aspect = 1.0
-    if not math.isfinite(aspect) or aspect <= 0:
-        aspect = 1.0
-    width, height = min(sizes, key=lambda s: abs(math.log(s[0] / s[1]) - math.log(aspect)))
+    width, height = nearest_shape(ratio, sizes)
     return f"{width}x{height}"
 
 
