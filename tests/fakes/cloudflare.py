@@ -97,6 +97,8 @@ class FakeCloudflare:
     delay: float = 0.0  # seconds each call takes
 
     calls: list[SeenCall] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0  # the most calls being answered at one moment
 
     def __post_init__(self) -> None:
         self.app = Starlette(
@@ -124,7 +126,12 @@ class FakeCloudflare:
                 return envelope_error(400, 3003, "Request is missing headers or body: invalid JSON")
         self.calls.append(call)
         if self.delay:
-            await asyncio.sleep(self.delay)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
         if self.hang:
             await asyncio.sleep(3600)
         if self.fail > 0:
