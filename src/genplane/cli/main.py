@@ -1,27 +1,29 @@
-"""The ``genplane`` command: serve, initialise, and manage accounts, keys and credits."""
+"""The ``genplane`` command: serve, initialise, and manage accounts, keys, credits and webhooks."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
 from genplane.accounts import service as accounts
 from genplane.accounts.scopes import PRESETS, parse_scopes
 from genplane.catalog.loader import load_catalog
+from genplane.cli.common import console
+from genplane.cli.common import fail as _fail
+from genplane.cli.common import id_column as _id_column
+from genplane.cli.common import run as _run
+from genplane.cli.webhooks import webhooks_app
 from genplane.clock import as_utc, iso, utcnow
+from genplane.credits import alerts
 from genplane.credits.ledger import add_credits
 from genplane.credits.money import to_credits, to_millis
 from genplane.db.engine import Database
-from genplane.db.migrate import upgrade
 from genplane.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True, help="genplane: execution control plane for generative media.")
@@ -31,33 +33,7 @@ credits_app = typer.Typer(no_args_is_help=True, help="Credits (1 credit = 1 USD)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
-console = Console()
-T = TypeVar("T")
-
-
-def _run(work: Callable[[Database, Settings], Awaitable[T]]) -> T:
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.resolved_database_url)
-
-    async def main() -> T:
-        db = Database(settings.resolved_database_url)
-        try:
-            return await work(db, settings)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
-
-
-def _id_column(header: str) -> Column:
-    """Ids are what the other commands take: never shortened to fit the terminal."""
-    return Column(header, no_wrap=True, min_width=36)
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}")
-    return typer.Exit(code=1)
+app.add_typer(webhooks_app, name="webhooks")
 
 
 def parse_expiry(value: str | None) -> datetime | None:
@@ -78,13 +54,21 @@ def parse_expiry(value: str | None) -> datetime | None:
     return expires_at
 
 
+#: The most credits one command takes (far inside the database's 64-bit milli-credits).
+MAX_CREDITS = Decimal(1_000_000_000)
+
+
 def parse_credits(value: str) -> int:
     try:
         amount = Decimal(value)
     except InvalidOperation as exc:
         raise ValueError(f"not an amount: {value!r}") from exc
+    if not amount.is_finite():
+        raise ValueError(f"not an amount: {value!r}")
     if amount <= 0 or amount.as_tuple().exponent < -3:  # type: ignore[operator]
         raise ValueError("credits are positive with at most three decimals")
+    if amount > MAX_CREDITS:
+        raise ValueError(f"at most {MAX_CREDITS:,} credits")
     return to_millis(amount)
 
 
@@ -300,6 +284,51 @@ def credits_add(
         except ValueError as exc:
             raise _fail(str(exc)) from exc
         console.print(f"balance: {to_credits(balance):.3f}")
+
+    _run(work)
+
+
+@credits_app.command("thresholds")
+def credits_thresholds(
+    account: Annotated[str, typer.Option(help="Account id.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help=f"A threshold in credits, e.g. 0.5; repeat for several (at most {alerts.MAX_THRESHOLDS}). "
+            "Replaces all of the account's thresholds.",
+        ),
+    ] = None,
+    clear: Annotated[bool, typer.Option(help="Remove every threshold: no low-balance alerts.")] = False,
+) -> None:
+    """Show or replace the low-balance thresholds; each sends credits.low_balance once per descent."""
+    if set_ and clear:
+        raise _fail("--set and --clear cannot be used together")
+    try:
+        chosen = sorted({parse_credits(value) for value in set_ or []})
+    except ValueError as exc:
+        raise _fail(f"bad threshold: {exc}") from exc
+    if len(chosen) > alerts.MAX_THRESHOLDS:
+        raise _fail(f"at most {alerts.MAX_THRESHOLDS} thresholds, not {len(chosen)}")
+
+    async def work(db: Database, settings: Settings) -> None:
+        try:
+            if chosen or clear:
+                await alerts.replace_thresholds(db, account, chosen)
+            balance, rows = await alerts.account_thresholds(db, account)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+        console.print(f"account: {account}\nbalance: {to_credits(balance):.3f}")
+        if not rows:
+            console.print("no low-balance thresholds")
+            return
+        table = Table("threshold", "state")
+        for threshold, armed in reversed(rows):
+            table.add_row(
+                f"{to_credits(threshold):.3f}",
+                "armed" if armed else "crossed (re-arms when the balance is back at or above it)",
+            )
+        console.print(table)
 
     _run(work)
 

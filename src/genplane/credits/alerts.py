@@ -10,7 +10,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.credits.money import to_credits
-from genplane.db.models import CreditAlert
+from genplane.db.engine import Database
+from genplane.db.models import Account, CreditAlert
 from genplane.webhooks.outbox import emit
 
 DEFAULT_THRESHOLD_MILLIS = 500
@@ -80,3 +81,30 @@ async def thresholds(s: AsyncSession, account_id: str) -> list[tuple[int, bool]]
         .order_by(CreditAlert.threshold_millis)
     )
     return [(int(t), bool(a)) for t, a in rows.all()]
+
+
+async def replace_thresholds(db: Database, account_id: str, thresholds_millis: list[int]) -> int:
+    """Replace an active account's thresholds in one transaction with its balance; returns it.
+
+    The balance row is locked (on PostgreSQL) so that a movement running at the same time
+    cannot arm or fire against the thresholds being replaced.
+    """
+    async with db.write() as s:
+        balance = await s.scalar(
+            select(Account.balance_millis)
+            .where(Account.id == account_id, Account.deleted_at.is_(None))
+            .with_for_update()
+        )
+        if balance is None:
+            raise ValueError(f"no active account {account_id}")
+        await set_thresholds(s, account_id, thresholds_millis, int(balance))
+    return int(balance)
+
+
+async def account_thresholds(db: Database, account_id: str) -> tuple[int, list[tuple[int, bool]]]:
+    """An account's balance and its thresholds (milli-credits, armed), lowest first."""
+    async with db.read() as s:
+        balance = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
+        if balance is None:
+            raise ValueError(f"no account {account_id}")
+        return int(balance), await thresholds(s, account_id)

@@ -6,8 +6,13 @@ and the next sweep sends it again with the same delivery id (at-least-once). Onl
 2xx answer counts; redirects are failures (``follow_redirects`` is off and the
 destination is pinned to the public address that was checked). Failures are retried
 on ``GENPLANE_WEBHOOK_RETRY_SCHEDULE_SECONDS`` with jitter, never sooner than a
-``Retry-After``; after ``GENPLANE_WEBHOOK_MAX_CONSECUTIVE_FAILURES`` failures in a row
-the endpoint is disabled and its pending deliveries move to the dead-letter list.
+``Retry-After``. When one delivery has failed
+``GENPLANE_WEBHOOK_MAX_CONSECUTIVE_FAILURES`` times with no success at the endpoint in
+between, the endpoint is disabled and its pending
+deliveries move to the dead-letter list; a delivery the endpoint keeps refusing while it
+accepts others is dead-lettered alone once the schedule is exhausted. Counting per
+delivery, not per attempt, keeps a short outage with many queued events from disabling
+an endpoint at once.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class WebhookDispatcher:
         self.key = server_key(settings)
         self.owner_lease = timedelta(seconds=settings.webhook_timeout_seconds * 3 + 5)
         self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[Outcome | None]] = set()
+        self._inflight: dict[asyncio.Task[Outcome | None], str] = {}  # task -> delivery id
         self._wake = asyncio.Event()
         self._last_purge = 0.0
 
@@ -70,7 +75,9 @@ class WebhookDispatcher:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        """Stop sending; deliveries cut short keep their lease and are sent again later."""
+        """Stop sending and hand back the leases of deliveries cut short, so that the next
+        process sends them at once (same delivery ids) instead of after the lease."""
+        cut_short = list(self._inflight.values())
         tasks = [t for t in (self._task, *self._inflight) if t is not None]
         for task in tasks:
             task.cancel()
@@ -79,6 +86,13 @@ class WebhookDispatcher:
                 await task
         self._task = None
         self._inflight.clear()
+        if cut_short:
+            async with self.db.write() as s:
+                await s.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id.in_(cut_short), WebhookDelivery.status == "pending")
+                    .values(lease_until=None)
+                )
 
     async def _loop(self) -> None:
         """Keep up to ``webhook_concurrency`` deliveries in flight; a slow receiver holds one slot."""
@@ -89,7 +103,7 @@ class WebhookDispatcher:
                 if room > 0:
                     for delivery_id in await self.claim_due(room):
                         task = asyncio.create_task(self.deliver(delivery_id))
-                        self._inflight.add(task)
+                        self._inflight[task] = delivery_id
                         task.add_done_callback(self._finished)
                         claimed += 1
                 if time.monotonic() - self._last_purge > 600:
@@ -104,7 +118,7 @@ class WebhookDispatcher:
                         await self._wake.wait()
 
     def _finished(self, task: asyncio.Task[Outcome | None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
         self._wake.set()  # a slot is free
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook_delivery_crashed", error=repr(task.exception()))
@@ -185,7 +199,12 @@ class WebhookDispatcher:
             "X-BabySea-Signature": babysea_signature(secret, timestamp, body),
             **standard_webhook_headers(secret, delivery.id, timestamp, body),
         }
-        outcome = await self._post(endpoint.url, body, headers)
+        try:
+            # One bound for the whole delivery: httpx's timeout applies per phase.
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                outcome = await self._post(endpoint.url, body, headers)
+        except TimeoutError:
+            outcome = Outcome(None, f"no answer within {self.settings.webhook_timeout_seconds:g} s")
         await self._record(delivery, endpoint, outcome)
         log.info(
             "webhook_delivery",
@@ -278,8 +297,11 @@ class WebhookDispatcher:
                     next_attempt_at=now + timedelta(seconds=self.retry_delay(attempts, outcome.retry_after)),
                 )
             )
-            if failures >= self.settings.webhook_max_consecutive_failures:
-                reason = f"{failures} deliveries in a row failed; last: {outcome.error}"
+            limit = self.settings.webhook_max_consecutive_failures
+            schedule_exhausted = attempts > len(self.settings.webhook_retry_schedule_seconds)
+            if attempts >= limit and failures >= limit:
+                # This event failed `limit` times and nothing reached the endpoint meanwhile.
+                reason = f"a delivery failed {attempts} times in a row; last: {outcome.error}"
                 await s.execute(
                     update(WebhookEndpoint)
                     .where(WebhookEndpoint.id == endpoint.id)
@@ -291,6 +313,13 @@ class WebhookDispatcher:
                     .values(status="dead", finished_at=now, lease_until=None)
                 )
                 log.warning("webhook_endpoint_disabled", endpoint_id=endpoint.id, failures=failures)
+            elif schedule_exhausted:
+                # The endpoint takes other events but never this one: stop, keep it for replay.
+                await s.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery.id)
+                    .values(status="dead", finished_at=now)
+                )
 
     async def _dead_letter(self, delivery_id: str, reason: str) -> None:
         async with self.db.write() as s:

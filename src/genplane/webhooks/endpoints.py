@@ -9,21 +9,29 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from genplane.clock import iso, utcnow
 from genplane.db.engine import Database
-from genplane.db.models import Account, WebhookDelivery, WebhookEndpoint
+from genplane.db.models import Account, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from genplane.jobs.fetch import FileFetcher
 from genplane.settings import Settings
 from genplane.webhooks.outbox import SUBSCRIBABLE, emit, new_delivery
 from genplane.webhooks.secrets import endpoint_secret, server_key
+
+MAX_URL_LENGTH = 2048  # the column's size
 
 
 @dataclass(frozen=True)
 class CreatedEndpoint:
     endpoint: WebhookEndpoint
     secret: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery: WebhookDelivery
+    event_type: str
 
 
 def check_events(events: list[str] | None) -> list[str]:
@@ -44,6 +52,8 @@ async def add_endpoint(
 ) -> CreatedEndpoint:
     """Register ``url`` for ``events`` (all by default) after checking it is a public address."""
     chosen = check_events(events)
+    if len(url) > MAX_URL_LENGTH:
+        raise ValueError(f"the URL is longer than {MAX_URL_LENGTH} characters")
     try:
         await guard.plan_destination(url)
     except ValueError as exc:
@@ -75,6 +85,24 @@ async def list_endpoints(db: Database, account_id: str | None = None) -> list[We
         if account_id:
             query = query.where(WebhookEndpoint.account_id == account_id)
         return list((await s.scalars(query)).all())
+
+
+async def dead_letter_counts(db: Database, account_id: str | None = None) -> dict[str, int]:
+    """How many dead-lettered deliveries each endpoint has (endpoints with none are absent)."""
+    async with db.read() as s:
+        query = (
+            select(WebhookDelivery.endpoint_id, func.count())
+            .where(WebhookDelivery.status == "dead")
+            .group_by(WebhookDelivery.endpoint_id)
+        )
+        if account_id:
+            query = query.where(WebhookDelivery.account_id == account_id)
+        return {endpoint_id: int(n) for endpoint_id, n in (await s.execute(query)).all()}
+
+
+async def get_endpoint(db: Database, endpoint_id: str) -> WebhookEndpoint:
+    """The endpoint, or ValueError naming the unknown id."""
+    return await _get(db, endpoint_id)
 
 
 async def _get(db: Database, endpoint_id: str) -> WebhookEndpoint:
@@ -180,3 +208,18 @@ async def dead_letters(db: Database, endpoint_id: str) -> list[WebhookDelivery]:
                 )
             ).all()
         )
+
+
+async def dead_letters_with_events(db: Database, endpoint_id: str) -> list[DeadLetter]:
+    """The endpoint's dead-lettered deliveries with their event types, oldest first."""
+    await _get(db, endpoint_id)
+    async with db.read() as s:
+        rows = (
+            await s.execute(
+                select(WebhookDelivery, WebhookEvent.type)
+                .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+                .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "dead")
+                .order_by(WebhookDelivery.created_at)
+            )
+        ).all()
+    return [DeadLetter(delivery, event_type) for delivery, event_type in rows]

@@ -28,11 +28,30 @@ def server_key(settings: Settings) -> bytes:
         return configured.encode()
     path = Path(settings.data_dir) / "secret.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        _create_key_file(path)
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} is empty; restore it or set GENPLANE_SECRET_KEY")
+    return key.encode()
+
+
+def _create_key_file(path: Path) -> None:
+    """Write the key completely, then link it into place: never a half-written key file,
+    and when two processes race, both end up with the one that was linked first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip().encode()
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won; use its key
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def endpoint_secret(key: bytes, endpoint_id: str, version: int) -> str:
