@@ -145,6 +145,33 @@ class Settings(BaseSettings):
     usage_flush_interval_seconds: float = 1.0
     log_level: str = "INFO"
 
+    firewall_enabled: bool = Field(
+        True,
+        description="Check every request against the published OpenAPI document before routing. "
+        "Turn off only to measure its cost.",
+    )
+    firewall_max_rejections: int = Field(
+        100, ge=1, description="Rejected requests a key (or an unauthenticated IP) may send per window."
+    )
+    firewall_window_seconds: float = Field(
+        60.0, gt=0, description="Sliding window the firewall counts rejections in."
+    )
+    firewall_block_seconds: float = Field(
+        300.0, gt=0, description="How long a key or IP over the rejection threshold is blocked."
+    )
+    firewall_max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest header section (all names and values) accepted."
+    )
+    firewall_max_header_line_bytes: int = Field(
+        8 * 1024, ge=256, description="Largest single header (name and value) accepted."
+    )
+    firewall_max_url_bytes: int = Field(
+        4096, ge=256, description="Longest path plus query string accepted."
+    )
+    firewall_max_json_depth: int = Field(
+        32, ge=2, le=512, description="Deepest nesting of arrays and objects accepted in a JSON body."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -13,11 +13,13 @@ from starlette.responses import HTMLResponse
 
 from genplane import __version__
 from genplane.accounts.service import Authenticator
+from genplane.api.blocklist import MemoryFirewallStore
 from genplane.api.docs_page import render_docs
 from genplane.api.errors import install_error_handlers
 from genplane.api.files import router as files_router
+from genplane.api.firewall import FirewallMiddleware, compile_rules
 from genplane.api.middleware import EdgeMiddleware
-from genplane.api.openapi import build_openapi
+from genplane.api.openapi import app_spec, route_table
 from genplane.api.ratelimit import RequestLimiter
 from genplane.api.routers import account, content, generate, library
 from genplane.api.services import Services
@@ -66,6 +68,7 @@ def build_services(
         authenticator=Authenticator(db, settings),
         limiter=RequestLimiter(settings),
         usage=UsageRecorder(db, settings.usage_flush_interval_seconds),
+        blocklist=MemoryFirewallStore.from_settings(settings),
     )
 
 
@@ -110,18 +113,22 @@ def create_app(
     for module in (account, generate, content, library):
         app.include_router(module.router)
     app.include_router(files_router)
-    app.add_middleware(EdgeMiddleware)
-
-    spec: dict[str, Any] = {}
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_json() -> dict[str, Any]:
-        if not spec:
-            spec.update(build_openapi(app))
-        return spec
+        return app_spec(app)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(render_docs(await openapi_json()))
 
+    if settings.firewall_enabled:
+        # Compiled once, from the same document /openapi.json serves. Added before (so inside)
+        # EdgeMiddleware: request ids exist when it answers, and it answers before routing.
+        rules = compile_rules(app_spec(app), (path for path, _, _ in route_table(app)))
+        svc: Services = app.state.services
+        app.add_middleware(
+            FirewallMiddleware, rules=rules, settings=settings, store=svc.blocklist, usage=svc.usage
+        )
+    app.add_middleware(EdgeMiddleware, guard_body=not settings.firewall_enabled)
     return app

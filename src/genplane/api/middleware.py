@@ -1,5 +1,6 @@
-"""The outermost layer: request ids, rate-limit headers, body-size guard, usage counting,
-and a last-resort 500 in the contract's shape for anything no handler caught."""
+"""The outermost layer: request ids, rate-limit headers, usage counting, and a last-resort
+500 in the contract's shape for anything no handler caught. With the firewall off it also
+guards the body size by Content-Length (the firewall does that, and more, when on)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ log = structlog.get_logger("genplane.api")
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, guard_body: bool = True) -> None:
         self.app = app
+        self.guard_body = guard_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +51,7 @@ class EdgeMiddleware:
 
         request_headers = Headers(scope=scope)
         try:
-            length = request_headers.get("content-length")
+            length = request_headers.get("content-length") if self.guard_body else None
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 err = ApiError("bse_payload_too_large") if length.isdigit() else ApiError("bse_invalid_input")
                 await render_error(state, services.settings.error_shape, request_headers, err)(

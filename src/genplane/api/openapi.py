@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import iter_route_contexts
 
 from genplane.catalog.fields import GenerationBody
 from genplane.errors import ERRORS
@@ -99,6 +100,32 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     converted: dict[str, Any] = to_30(doc)
     converted["openapi"] = "3.0.3"
     return converted
+
+
+_BUILT: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def route_table(app: FastAPI) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+    """Each route's path (with its converters), methods and endpoint: what the document is built from."""
+    table = []
+    for ctx in iter_route_contexts(app.routes):
+        endpoint = getattr(ctx, "endpoint", None)
+        name = f"{getattr(endpoint, '__module__', '')}.{getattr(endpoint, '__qualname__', '')}"
+        table.append((str(ctx.path), tuple(sorted(getattr(ctx, "methods", None) or ())), name))
+    return tuple(table)
+
+
+def app_spec(app: FastAPI) -> dict[str, Any]:
+    """``build_openapi(app)``, built once per process for each distinct route table.
+
+    Building takes a noticeable fraction of a second; every app of a process (tests
+    start many) shares the result. Treat it as read-only.
+    """
+    key = (app.title, app.version, route_table(app))
+    doc = _BUILT.get(key)
+    if doc is None:
+        doc = _BUILT[key] = build_openapi(app)
+    return doc
 
 
 def to_yaml(doc: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import httpx
 
 from genplane.accounts.service import Authenticator
+from genplane.api.blocklist import FirewallStore
 from genplane.api.ratelimit import RequestLimiter
 from genplane.catalog.loader import Catalog
 from genplane.db.engine import Database
@@ -33,3 +34,4 @@ class Services:
     authenticator: Authenticator
     limiter: RequestLimiter
     usage: UsageRecorder
+    blocklist: FirewallStore
