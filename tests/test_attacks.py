@@ -1,0 +1,117 @@
+"""Hostile input against the whole API: other accounts' data, SSRF through input files.
+
+Scopes, keys, rate limits and malformed requests have their own files
+(test_auth_scopes, test_firewall); this file gathers what an attacker with a valid key
+of their own would try.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Caller, Harness
+
+KONTEXT = "bfl/flux-kontext-pro"  # a model that takes input images
+
+
+async def finished_generation(caller: Caller) -> str:
+    r = await caller.create_image()
+    assert r.status_code == 200, r.text
+    gid = str(r.json()["data"]["generation_id"])
+    assert (await caller.wait(gid))["generation_status"] == "succeeded"
+    return gid
+
+
+async def test_no_operation_exposes_another_accounts_generation(harness: Harness) -> None:
+    victim, attacker = await harness.caller(), await harness.caller()
+    gid = await finished_generation(victim)
+    record = (await victim.get(f"/v1/content/{gid}")).json()["data"]
+    files = record["generation_output_file"]
+
+    for method, path in (
+        ("GET", f"/v1/content/{gid}"),
+        ("DELETE", f"/v1/content/{gid}"),
+        ("POST", f"/v1/content/generation/cancel/{gid}"),
+    ):
+        r = await attacker.client.request(method, path, headers=attacker.headers)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"] == "bse_generation_not_found"
+        assert record["generation_prompt"] not in r.text and victim.account_id not in r.text
+
+    listing = (await attacker.get("/v1/content/list?limit=100")).json()
+    assert listing["total"] == 0 and listing["data"]["generations"] == []
+    for path in ("/v1/usage", "/v1/user/account", "/v1/user/billing", "/v1/status"):
+        body = (await attacker.get(path)).text
+        assert victim.account_id not in body and gid not in body
+
+    # Nothing the attacker did changed the victim's generation or files.
+    assert (await victim.get(f"/v1/content/{gid}")).json()["data"] == record
+    for url in files:
+        assert (await victim.client.get(url)).status_code == 200
+
+
+async def test_generation_ids_are_not_guessable_from_one_another(harness: Harness) -> None:
+    caller = await harness.caller()
+    ids = [await finished_generation(caller) for _ in range(3)]
+    assert len({i[:8] for i in ids}) == 3  # random, not sequential
+    for gid in ids:
+        r = await caller.get(f"/v1/content/{gid[:-1]}{'0' if gid[-1] != '0' else '1'}")
+        assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/a.png",
+        "http://10.0.0.5/a.png",
+        "http://192.168.1.1/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/a.png",
+        "http://[::ffff:127.0.0.1]/a.png",
+        "http://localhost/a.png",  # a hostname that resolves to loopback
+        "http://0.0.0.0/a.png",
+        "file:///etc/passwd",
+        "ftp://example.com/a.png",
+        "http://user:pw@example.com/a.png",
+    ],
+)
+async def test_input_files_at_private_addresses_are_refused_at_create(
+    harness_factory: Any, url: str
+) -> None:
+    h: Harness = await harness_factory(bfl_api_key="bfl-test-key")  # so the model is servable
+    caller = await h.caller(credits="1")
+    r = await caller.create_image(
+        {"generation_prompt": "edit", "generation_input_file": [url]}, model=KONTEXT
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "bse_unsafe_file_url"
+    assert r.json()["details"]["field"] == "generation_input_file"
+    assert (await caller.get("/v1/content/list")).json()["total"] == 0
+    assert (await caller.get("/v1/user/billing")).json()["data"]["billing_credit_balance"] == 1.0
+
+
+async def test_last_frame_url_is_checked_too(harness_factory: Any) -> None:
+    h: Harness = await harness_factory(byteplus_api_key="ark-test-key")
+    caller = await h.caller(credits="5")
+    r = await caller.post(
+        "/v1/generate/video/bytedance/seedance-1-pro",
+        json={
+            "generation_prompt": "walk",
+            "generation_duration": 5,
+            "generation_input_file_last_content": "http://169.254.169.254/latest",
+        },
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "bse_unsafe_file_url"
+    assert r.json()["details"]["field"] == "generation_input_file_last_content"
+
+
+async def test_too_many_input_files_are_refused(harness_factory: Any) -> None:
+    h: Harness = await harness_factory(bfl_api_key="bfl-test-key")
+    caller = await h.caller(credits="1")
+    urls = [f"https://images.example.com/{i}.png" for i in range(17)]
+    r = await caller.create_image({"generation_prompt": "x", "generation_input_file": urls}, model=KONTEXT)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bse_invalid_input"
