@@ -159,10 +159,6 @@ def _image_sizes(model: str) -> tuple[dict[str, str], int]:
     return WAN25_IMAGE_SIZES, 1360 * 1360
 
 
-def _put(target: dict[str, Any], job: ProviderJob, unified: str, default: str, value: Any) -> None:
-    """Set a unified field's value under the model's native name, translated for the model."""
-    target[job.name(unified, default)] = job.value(unified, value)
-
 
 def _image_output(url: str) -> ProviderOutput:
     path = urlsplit(url).path.lower()
@@ -285,9 +281,9 @@ class AlibabaCloudAdapter:
             tier = VIDEO_SIZES.get(resolution, {})
             parameters[job.name("generation_ratio", "size")] = tier.get(str(ratio), ratio)
         if job.duration is not None:
-            _put(parameters, job, "generation_duration", "duration", job.duration)
+            job.put(parameters, "generation_duration", "duration", job.duration)
         if job.generate_audio is not None:
-            _put(parameters, job, "generation_generate_audio", "audio", job.generate_audio)
+            job.put(parameters, "generation_generate_audio", "audio", job.generate_audio)
 
     def sync_body(self, job: ProviderJob, index: int = 0) -> dict[str, Any]:
         """The body of one synchronous Qwen-Image call (one image)."""

@@ -87,6 +87,16 @@ class ProviderJob:
             return value
         return mapping.get(str(value).lower() if isinstance(value, bool) else str(value), value)
 
+    def put(self, body: dict[str, Any], unified: str, default: str, value: Any) -> None:
+        """Send ``value`` as the model's parameter for ``unified``, translated for the model.
+
+        Nothing is sent without a value, or when the catalogue maps the field to ``""``
+        (a parameter this model lacks).
+        """
+        name = self.name(unified, default)
+        if name and value is not None:
+            body[name] = self.value(unified, value)
+
     @property
     def seed(self) -> int | None:
         seed = self.specific.get("generation_seed")

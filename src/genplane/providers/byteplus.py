@@ -98,10 +98,6 @@ def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
     return ark_error(str(err.get("code") or ""), str(err.get("message") or ""), fallback=shared)
 
 
-def _put(target: dict[str, Any], job: ProviderJob, unified: str, default: str, value: Any) -> None:
-    """Set a unified field's value under the model's native name, translated for the model."""
-    target[job.name(unified, default)] = job.value(unified, value)
-
 
 def _image_ext(data: bytes) -> tuple[str, str]:
     if data.startswith(b"\x89PNG"):
@@ -176,7 +172,7 @@ class BytePlusAdapter:
         if negative and "generation_negative_prompt" in job.field_names:
             body[job.field_names["generation_negative_prompt"]] = negative
         if "generation_output_format" in job.field_names:
-            _put(body, job, "generation_output_format", "", job.output_format)
+            job.put(body, "generation_output_format", "", job.output_format)
         body.update(job.params)
         return body
 
@@ -232,11 +228,11 @@ class BytePlusAdapter:
             "watermark": False,
         }
         if job.duration is not None:
-            _put(body, job, "generation_duration", "duration", job.duration)
+            job.put(body, "generation_duration", "duration", job.duration)
         if job.resolution:
-            _put(body, job, "generation_resolution", "resolution", job.resolution)
+            job.put(body, "generation_resolution", "resolution", job.resolution)
         if job.generate_audio is not None:
-            _put(body, job, "generation_generate_audio", "generate_audio", job.generate_audio)
+            job.put(body, "generation_generate_audio", "generate_audio", job.generate_audio)
         if job.seed is not None:
             body[job.name("generation_seed", "seed")] = job.seed
         body.update(job.params)

@@ -129,12 +129,7 @@ class FalAdapter:
         """The model's input for one request; a field the catalogue maps to ``""`` is not sent."""
         body: dict[str, Any] = {}
 
-        def put(unified: str, default: str, value: Any) -> None:
-            name = job.name(unified, default)
-            if name and value is not None:
-                body[name] = job.value(unified, value)
-
-        put("generation_prompt", "prompt", job.prompt)
+        job.put(body, "generation_prompt", "prompt", job.prompt)
         default_ratio = "aspect_ratio" if job.model_type == "video" else "image_size"
         ratio_name = job.name("generation_ratio", default_ratio)
         if ratio_name and job.ratio:
@@ -150,10 +145,11 @@ class FalAdapter:
                     fmt = {"jpg": "jpeg"}.get(job.output_format, job.output_format)  # fal says jpeg
                 body[name] = fmt
             if not per_call and job.output_number > 1:
-                put("generation_output_number", "num_images", job.output_number)
+                job.put(body, "generation_output_number", "num_images", job.output_number)
         seed = job.seed
-        put("generation_seed", "seed", None if seed is None else seed + index)
-        put("generation_negative_prompt", "negative_prompt", job.specific.get("generation_negative_prompt"))
+        job.put(body, "generation_seed", "seed", None if seed is None else seed + index)
+        negative = job.specific.get("generation_negative_prompt")
+        job.put(body, "generation_negative_prompt", "negative_prompt", negative)
         if job.inputs:
             default = "image_url" if job.model_type == "video" else "image_urls"
             name = job.name("generation_input_file", default)
@@ -165,10 +161,10 @@ class FalAdapter:
                 # fal's video models take the duration as a string enum ("5", "10").
                 mapped = _mapped(job, "generation_duration", job.duration)
                 body[name] = job.value("generation_duration", job.duration) if mapped else str(job.duration)
-            put("generation_resolution", "resolution", job.resolution)
-            put("generation_generate_audio", "generate_audio", job.generate_audio)
+            job.put(body, "generation_resolution", "resolution", job.resolution)
+            job.put(body, "generation_generate_audio", "generate_audio", job.generate_audio)
             if job.last_frame is not None:
-                put("generation_input_file_last_content", "end_image_url", job.last_frame.url)
+                job.put(body, "generation_input_file_last_content", "end_image_url", job.last_frame.url)
         body.update(job.params)
         return body
 

@@ -93,31 +93,27 @@ class ReplicateAdapter:
         """
         body: dict[str, Any] = {}
 
-        def put(unified: str, default: str, value: Any) -> None:
-            name = job.name(unified, default)
-            if name and value is not None:
-                body[name] = job.value(unified, value)
-
-        put("generation_prompt", "prompt", job.prompt)
-        put("generation_ratio", "aspect_ratio", job.ratio)
+        job.put(body, "generation_prompt", "prompt", job.prompt)
+        job.put(body, "generation_ratio", "aspect_ratio", job.ratio)
         if job.model_type == "image":
-            put("generation_output_format", "output_format", job.output_format)
+            job.put(body, "generation_output_format", "output_format", job.output_format)
             if not per_call and job.output_number > 1:
-                put("generation_output_number", "num_outputs", job.output_number)
+                job.put(body, "generation_output_number", "num_outputs", job.output_number)
         seed = job.seed
-        put("generation_seed", "seed", None if seed is None else seed + index)
-        put("generation_negative_prompt", "negative_prompt", job.specific.get("generation_negative_prompt"))
+        job.put(body, "generation_seed", "seed", None if seed is None else seed + index)
+        negative = job.specific.get("generation_negative_prompt")
+        job.put(body, "generation_negative_prompt", "negative_prompt", negative)
         if job.inputs:
             name = job.name("generation_input_file", "image" if job.model_type == "video" else "image_input")
             if name:
                 urls = [image.url for image in job.inputs]
                 body[name] = urls if name in _LIST_IMAGE_FIELDS or name.endswith("s") else urls[0]
         if job.model_type == "video":
-            put("generation_duration", "duration", job.duration)
-            put("generation_resolution", "resolution", job.resolution)
-            put("generation_generate_audio", "generate_audio", job.generate_audio)
+            job.put(body, "generation_duration", "duration", job.duration)
+            job.put(body, "generation_resolution", "resolution", job.resolution)
+            job.put(body, "generation_generate_audio", "generate_audio", job.generate_audio)
             if job.last_frame is not None:
-                put("generation_input_file_last_content", "last_frame_image", job.last_frame.url)
+                job.put(body, "generation_input_file_last_content", "last_frame_image", job.last_frame.url)
         body.update(job.params)
         return body
 
