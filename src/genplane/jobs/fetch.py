@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
-import re
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,7 +36,16 @@ import httpx
 import structlog
 from PIL import Image
 
+from genplane.addresses import (
+    NUMERIC_LABEL,
+    IPAddress,
+    is_public_address,
+    literal_ip,
+    normalise_host,
+    system_resolver,
+)
 from genplane.errors import ApiError
+from genplane.mediatypes import describe, sniff
 from genplane.providers.base import ProviderError
 
 log = structlog.get_logger("genplane.fetch")
@@ -52,87 +59,6 @@ MAX_PIXELS = 100_000_000
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _EXPIRED_STATUSES = frozenset({401, 403, 404, 410})
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Ranges refused on top of ``not is_global``: some are "global" to the ipaddress
-# module (or are on some Python versions) but are never a place to download from.
-_BLOCKED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8",  # "this network"
-        "10.0.0.0/8",
-        "100.64.0.0/10",  # carrier-grade NAT
-        "127.0.0.0/8",
-        "169.254.0.0/16",  # link-local, cloud metadata (169.254.169.254)
-        "172.16.0.0/12",
-        "192.0.0.0/24",  # IETF protocol assignments
-        "192.0.2.0/24",
-        "192.88.99.0/24",  # deprecated 6to4 relay anycast
-        "192.168.0.0/16",
-        "198.18.0.0/15",  # benchmarking
-        "198.51.100.0/24",
-        "203.0.113.0/24",
-        "224.0.0.0/4",  # multicast
-        "240.0.0.0/4",  # reserved, broadcast
-        "::/96",  # unspecified, loopback, deprecated IPv4-compatible addresses
-        "64:ff9b:1::/48",  # local-use NAT64
-        "100::/64",  # discard-only
-        "2001:db8::/32",
-        "fc00::/7",  # unique-local (includes fd00:ec2::254, the EC2 metadata address)
-        "fe80::/10",  # link-local
-        "fec0::/10",  # site-local (deprecated, still routed by some stacks)
-        "ff00::/8",  # multicast
-    )
-)
-
-# A hostname whose last label is numeric is an IP address in some notation
-# (``127.1``, ``0x7f.0.0.1``, ``2130706433``); only canonical forms are accepted.
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
-
-
-def is_public_address(address: str | IPAddress) -> bool:
-    """Whether genplane may download from this address (see the module docstring)."""
-    try:
-        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.scope_id:
-            return False
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None and not is_public_address(embedded):
-            return False
-    if not ip.is_global or ip.is_multicast:
-        return False
-    return not any(ip in net for net in _BLOCKED_NETWORKS if net.version == ip.version)
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, 6to4, NAT64), if any."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """Every address the system resolver gives for ``host``, in its preferred order."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    out: list[str] = []
-    for info in infos:
-        address = str(info[4][0])
-        if address not in out:
-            out.append(address)
-    return out
-
-
 @dataclass(frozen=True)
 class Fetched:
     data: bytes
@@ -142,70 +68,7 @@ class Fetched:
     height: int | None = None
 
 
-@dataclass(frozen=True)
-class Sniffed:
-    content_type: str
-    ext: str
-    kind: Literal["image", "video", "other"]
-    supported: bool  # whether genplane stores this type
-
-
 _INPUT_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
-
-# ISO base media brands that are not video (still images, audio).
-_ISO_IMAGE_BRANDS = {
-    b"avif": ("image/avif", "avif"),
-    b"avis": ("image/avif", "avif"),
-    b"heic": ("image/heic", "heic"),
-    b"heix": ("image/heic", "heic"),
-    b"heim": ("image/heic", "heic"),
-    b"heis": ("image/heic", "heic"),
-    b"hevc": ("image/heic-sequence", "heic"),
-    b"hevx": ("image/heic-sequence", "heic"),
-    b"mif1": ("image/heif", "heif"),
-    b"msf1": ("image/heif-sequence", "heif"),
-}
-_ISO_AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P "}
-
-
-def sniff(data: bytes) -> Sniffed | None:
-    """The type of ``data`` by its magic bytes; ``None`` when it is not recognised."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Sniffed("image/png", "png", "image", True)
-    if data.startswith(b"\xff\xd8\xff"):
-        return Sniffed("image/jpeg", "jpg", "image", True)
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return Sniffed("image/webp", "webp", "image", True)
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return Sniffed("image/gif", "gif", "image", False)
-    if len(data) >= 12 and data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in _ISO_IMAGE_BRANDS:
-            content_type, ext = _ISO_IMAGE_BRANDS[brand]
-            return Sniffed(content_type, ext, "image", False)
-        if brand in _ISO_AUDIO_BRANDS:
-            return Sniffed("audio/mp4", "m4a", "other", False)
-        if brand == b"qt  ":
-            return Sniffed("video/quicktime", "mov", "video", True)
-        return Sniffed("video/mp4", "mp4", "video", True)
-    if data.startswith(b"\x1a\x45\xdf\xa3"):
-        head = data[:64]
-        if b"webm" in head:
-            return Sniffed("video/webm", "webm", "video", True)
-        return Sniffed("video/x-matroska", "mkv", "video", True)
-    stripped = data[:512].lstrip()
-    if stripped[:1] == b"<":
-        lowered = stripped[:100].lower()
-        if lowered.startswith((b"<!doctype html", b"<html")):
-            return Sniffed("text/html", "html", "other", False)
-        return Sniffed("application/xml", "xml", "other", False)
-    if stripped[:1] in (b"{", b"["):
-        return Sniffed("application/json", "json", "other", False)
-    return None
-
-
-def _describe(sniffed: Sniffed | None) -> str:
-    return sniffed.content_type if sniffed else "an unrecognised file"
 
 
 def redact(url: str | httpx.URL) -> str:
@@ -333,7 +196,7 @@ class FileFetcher:
         max_backoff: float = 10.0,
     ) -> None:
         self.client = client
-        self.allow_hosts = frozenset(_normalise_host(h) for h in allow_hosts if h.strip())
+        self.allow_hosts = frozenset(normalise_host(h) for h in allow_hosts if h.strip())
         self.resolver: Resolver = resolver or system_resolver
         self.max_redirects = max_redirects
         self.timeout = timeout
@@ -377,7 +240,7 @@ class FileFetcher:
         if sniffed is None or sniffed.content_type not in _INPUT_FORMATS:
             raise ApiError(
                 "bse_unsupported_file_format",
-                f"{field}: the file is {_describe(sniffed)}; input images must be JPEG, PNG or WebP.",
+                f"{field}: the file is {describe(sniffed)}; input images must be JPEG, PNG or WebP.",
                 details={"field": field},
             )
         try:
@@ -442,7 +305,7 @@ class FileFetcher:
         sniffed = sniff(data)
         if sniffed is None or sniffed.kind != kind or not sniffed.supported:
             what = "an image" if kind == "image" else "a video"
-            got = _describe(sniffed)
+            got = describe(sniffed)
             if sniffed is not None and sniffed.kind == kind:
                 message = f"the provider returned {got}, which genplane does not store"
             else:
@@ -516,17 +379,17 @@ class FileFetcher:
         if not host:
             raise _Failure("unsafe", "the URL has no host")
         port = u.port or (443 if u.scheme == "https" else 80)
-        normalised = _normalise_host(host)
+        normalised = normalise_host(host)
         if normalised in self.allow_hosts:
             return Target(u, [u], {}, {})
 
-        literal = _literal_ip(host)
+        literal = literal_ip(host)
         if literal is not None:
             if not is_public_address(literal):
                 raise _Failure("unsafe", "the URL points to a non-public address")
             return Target(u, [u], {}, {})
         labels = normalised.split(".")
-        if _NUMERIC_LABEL.match(labels[-1]) or any(c in host for c in "%[]:"):
+        if NUMERIC_LABEL.match(labels[-1]) or any(c in host for c in "%[]:"):
             raise _Failure("unsafe", "the URL's host is not a canonical IP address or a hostname")
 
         try:
@@ -631,20 +494,3 @@ class FileFetcher:
             chunks.append(chunk)
         log.debug("fetch.downloaded", url=redact(target.url), bytes=total)
         return b"".join(chunks)
-
-
-def _normalise_host(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        return host
-
-
-def _literal_ip(host: str) -> IPAddress | None:
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None

@@ -13,7 +13,7 @@ import io
 
 from PIL import Image
 
-from genplane.jobs.fetch import sniff
+from genplane.mediatypes import sniff
 from genplane.providers.base import ProviderError, ProviderOutput
 
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}

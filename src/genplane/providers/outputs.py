@@ -12,7 +12,7 @@ import binascii
 from typing import Any
 from urllib.parse import urlsplit
 
-from genplane.jobs.fetch import sniff
+from genplane.mediatypes import sniff
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput
 
 CONTENT_TYPES = {
