@@ -132,7 +132,7 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
     if model.model_type != media:
         raise ApiError(
             "bse_model_type_mismatch",
-            f"{model_identifier} is a {model.model_type} model; use /v1/generate/{model.model_type}/.",
+            f"{model_identifier} generates {model.model_type}s; use /v1/generate/{model.model_type}/.",
         )
     schema = model.schema_
     sent = body.model_dump(exclude_none=True)
