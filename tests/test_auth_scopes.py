@@ -756,7 +756,7 @@ async def test_rate_limit_headers_on_authenticated_responses(harness_factory: Ca
     monitor = await h.key_for(owner, preset="monitor_only")
     responses = [
         await owner.get("/v1/status"),
-        await owner.get("/v1/library/models"),
+        await owner.get("/v1/user/account"),
         await monitor.get("/v1/status"),  # 403, still authenticated
         await owner.get(f"/v1/content/{'0' * 36}"),  # 404, still authenticated
     ]
@@ -768,7 +768,7 @@ async def test_rate_limit_headers_on_authenticated_responses(harness_factory: Ca
         remaining.append(int(r.headers["X-RateLimit-Remaining"]))
         reset = int(r.headers["X-RateLimit-Reset"])
         assert now - 1 <= reset <= now + 61
-    assert remaining == [9, 8, 7, 6]  # both keys count against the one account
+    assert remaining == [9, 8, 7, 6]  # both keys count against the one account (all in `read`)
 
 
 async def test_rate_limit_exceeded_on_the_fourth_request(harness_factory: Callable[..., Any]) -> None:

@@ -127,11 +127,11 @@ def bad_values(schema: dict[str, Any]) -> list[str]:
     if kind in ("integer", "number"):
         out += ["abc", "", "1e", "--1"]
         if kind == "integer":
-            out += ["1.5", "9" * 40]
+            out.append("1.5")
         if "minimum" in schema:
-            out.append(str(schema["minimum"] - 1))
+            out += [str(schema["minimum"] - 1), "-" + "9" * 40]
         if "maximum" in schema:
-            out.append(str(schema["maximum"] + 1))
+            out += [str(schema["maximum"] + 1), "9" * 40]
     elif kind == "boolean":
         out += ["maybe", "2", ""]
     elif kind == "string":
@@ -356,6 +356,19 @@ async def test_malformed_query_strings(harness_factory: Callable[..., Any]) -> N
         for value in ("true", "false", "1", "0"):
             r = await caller.get(f"/v1/estimate/local/preview-video?audio={value}&duration=5")
             assert r.json().get("error") not in FIREWALL_ERRORS, r.text
+
+
+async def test_integers_without_bounds_may_be_of_any_size(caller: Caller) -> None:
+    """estimate's count is documented without bounds (and clamped): big integers are integers too."""
+    with no_rejection("a 30-digit count"):
+        r = await caller.get("/v1/estimate/local/preview-image?count=" + "9" * 30)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["assets_count"] == 100
+    with no_rejection("a negative 30-digit count"):
+        r = await caller.get("/v1/estimate/local/preview-image?count=-" + "9" * 30)
+    assert r.json()["data"]["assets_count"] == 1
+    r = await caller.get("/v1/content/list?offset=" + "9" * 30)  # declared bounds still hold
+    assert_error(r, 400, "bse_invalid_input", "offset")
 
 
 # -- sizes and bodies -----------------------------------------------------------------------------

@@ -6,15 +6,27 @@ a ``.env`` file) so one process image serves any deployment; the README lists th
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Region = Literal["us", "eu", "jp"]
 REGIONS: tuple[Region, ...] = ("us", "eu", "jp")
+
+#: Route groups, each with its own request rate per account (see ``rate_limits``).
+RouteGroup = Literal["generate", "read", "library"]
+#: The request patterns the anomaly detectors flag (see ``anomaly_auto_block``).
+AnomalyPattern = Literal["id_enumeration", "polling_storm", "failed_create_burst"]
+ANOMALY_PATTERNS: tuple[AnomalyPattern, ...] = ("id_enumeration", "polling_storm", "failed_create_burst")
+#: The plan key of ``rate_limits`` and ``max_inflight_generations_by_plan`` that applies to
+#: every plan, for whatever the plan's own entry leaves out.
+ANY_PLAN = "*"
+
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class Settings(BaseSettings):
@@ -129,9 +141,24 @@ class Settings(BaseSettings):
     )
     webhook_concurrency: int = Field(32, ge=1, le=1024, description="Deliveries sent at once per process.")
 
-    rate_limit_per_minute: int = Field(600, ge=1, description="Requests per account per minute.")
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=1,
+        description="Requests per account per minute in each route group, unless rate_limits says else.",
+    )
+    rate_limits: dict[str, dict[RouteGroup, PositiveInt]] = Field(
+        default_factory=dict,
+        description="Per plan (or '*' for every plan), requests per account per minute by route group, "
+        'e.g. {"standard": {"generate": 120, "read": 1200}}; groups left out use rate_limit_per_minute.',
+    )
     auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications per IP per minute.")
-    max_inflight_generations: int = Field(50, ge=1, description="Non-terminal generations per account.")
+    max_inflight_generations: int = Field(
+        50, ge=1, description="Non-terminal generations per account, unless the plan has its own cap."
+    )
+    max_inflight_generations_by_plan: dict[str, PositiveInt] = Field(
+        default_factory=dict,
+        description="Per plan (or '*'), non-terminal generations per account, e.g. {\"standard\": 10}.",
+    )
     idempotency_ttl_hours: int = 24
     idempotency_stale_seconds: float = Field(
         120.0, gt=0, description="An unfinished idempotency claim older than this is abandoned."
@@ -142,7 +169,9 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         5.0, ge=0, description="How long a verified key is remembered; 0 reads it on every request."
     )
-    usage_flush_interval_seconds: float = 1.0
+    usage_flush_interval_seconds: float = Field(
+        1.0, gt=0, description="How often request counters and anomaly flags are written to the database."
+    )
     log_level: str = "INFO"
 
     firewall_enabled: bool = Field(
@@ -171,6 +200,86 @@ class Settings(BaseSettings):
     firewall_max_json_depth: int = Field(
         32, ge=2, le=512, description="Deepest nesting of arrays and objects accepted in a JSON body."
     )
+
+    anomaly_detection_enabled: bool = Field(
+        True, description="Keep each key's recent request sequence and flag abusive patterns in it."
+    )
+    anomaly_history_size: int = Field(
+        256, ge=16, le=4096, description="Requests remembered per key (a ring buffer) for the detectors."
+    )
+    anomaly_enumeration_threshold: int = Field(
+        20, ge=2, description="404s on /v1/content/{id} within the window that flag id enumeration."
+    )
+    anomaly_enumeration_window_seconds: float = Field(60.0, gt=0)
+    anomaly_polling_threshold: int = Field(
+        40, ge=2, description="GETs of one generation within the window that flag a polling storm."
+    )
+    anomaly_content_reads_threshold: int = Field(
+        200, ge=2, description="GETs on /v1/content (any id, or the list) within the polling window "
+        "that flag a polling storm."
+    )
+    anomaly_polling_window_seconds: float = Field(10.0, gt=0)
+    anomaly_failed_create_threshold: int = Field(
+        20,
+        ge=2,
+        description="Creates refused with a 4xx other than 429 within the window: a failed-create burst.",
+    )
+    anomaly_failed_create_window_seconds: float = Field(60.0, gt=0)
+    anomaly_auto_block: Annotated[list[AnomalyPattern], NoDecode] = Field(
+        default_factory=list,
+        description="Patterns that block the offending key for firewall_block_seconds: a comma-separated "
+        "or JSON list of id_enumeration, polling_storm, failed_create_burst, or 'all'; empty blocks nothing.",
+    )
+
+    @field_validator("anomaly_auto_block", mode="before")
+    @classmethod
+    def _parse_auto_block(cls, value: Any) -> Any:
+        """'all', 'true', 'none', a comma-separated list or a JSON list."""
+        if isinstance(value, bool):
+            return list(ANOMALY_PATTERNS) if value else []
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [part.strip() for part in text.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            names = [str(v).strip().lower() for v in value]
+            if any(n in ("all", "true", "1", "yes") for n in names):
+                return list(ANOMALY_PATTERNS)
+            return [n for n in names if n not in ("none", "false", "0", "no")]
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds_fit_the_history(self) -> Self:
+        for name in (
+            "anomaly_enumeration_threshold",
+            "anomaly_polling_threshold",
+            "anomaly_content_reads_threshold",
+            "anomaly_failed_create_threshold",
+        ):
+            if getattr(self, name) > self.anomaly_history_size:
+                raise ValueError(
+                    f"{name} ({getattr(self, name)}) is larger than anomaly_history_size "
+                    f"({self.anomaly_history_size}): it could never be reached"
+                )
+        return self
+
+    def rate_limit_for(self, plan: str, group: RouteGroup) -> int:
+        """Requests per minute an account of ``plan`` may send to ``group``."""
+        for key in (plan, ANY_PLAN):
+            limits = self.rate_limits.get(key)
+            if limits is not None and group in limits:
+                return limits[group]
+        return self.rate_limit_per_minute
+
+    def max_inflight_for(self, plan: str) -> int:
+        """Non-terminal generations an account of ``plan`` may have at once."""
+        for key in (plan, ANY_PLAN):
+            cap = self.max_inflight_generations_by_plan.get(key)
+            if cap is not None:
+                return cap
+        return self.max_inflight_generations
 
     @property
     def resolved_database_url(self) -> str:

@@ -34,6 +34,7 @@ from genplane.providers.base import ProviderAdapter
 from genplane.providers.registry import build_http_client, build_providers
 from genplane.settings import Settings, get_settings
 from genplane.storage.store import LocalFileStore
+from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
 from genplane.webhooks.delivery import WebhookDispatcher
 
@@ -69,6 +70,7 @@ def build_services(
         limiter=RequestLimiter(settings),
         usage=UsageRecorder(db, settings.usage_flush_interval_seconds),
         blocklist=MemoryFirewallStore.from_settings(settings),
+        anomalies=AnomalyRecorder(db, settings),
     )
 
 
@@ -86,6 +88,7 @@ def create_app(
         upgrade(settings.resolved_database_url)
         svc: Services = app.state.services
         svc.usage.start()
+        svc.anomalies.start()
         if settings.run_worker:
             await svc.worker.start()
             await svc.webhooks.start()
@@ -97,6 +100,7 @@ def create_app(
                 await svc.webhooks.stop()
                 await svc.worker.stop()
             await svc.usage.stop()
+            await svc.anomalies.stop()
             await svc.http.aclose()
             await svc.db.dispose()
 

@@ -5,6 +5,9 @@ address (``ip:<address>``, IPv6 grouped by /64). The digest, never the token, is
 is kept; logs carry only the token's first 9 characters. The prefix alone cannot be the
 subject: it is ``bye_<region>_`` plus two characters, so unrelated keys would share it.
 
+Besides rejections, the anomaly detectors (:mod:`genplane.usage.sequences`) may block a
+key outright (:meth:`FirewallStore.block`) when the operator lets them.
+
 Storage sits behind :class:`FirewallStore` so several processes can share it later
 (Redis); :class:`MemoryFirewallStore` keeps everything in this process, bounded in size.
 """
@@ -49,6 +52,10 @@ class FirewallStore(Protocol):
 
     async def record_rejection(self, subject: str) -> float:
         """Count one rejection; return the block's length when this one started a block, else 0."""
+        ...
+
+    async def block(self, subject: str, seconds: float) -> None:
+        """Block the subject now for ``seconds`` (or longer, when it already is), whatever its count."""
         ...
 
     async def mark_verified(self, subject: str, account_id: str) -> None:
@@ -116,6 +123,12 @@ class MemoryFirewallStore:
             self._blocked = {s: t for s, t in self._blocked.items() if t > now}
         self._blocked[subject] = now + self.block_seconds
         return self.block_seconds
+
+    async def block(self, subject: str, seconds: float) -> None:
+        now = self.clock()
+        if len(self._blocked) >= self.max_subjects:
+            self._blocked = {s: t for s, t in self._blocked.items() if t > now}
+        self._blocked[subject] = max(self._blocked.get(subject, 0.0), now + seconds)
 
     async def mark_verified(self, subject: str, account_id: str) -> None:
         now = self.clock()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from genplane.accounts.scopes import Scope
 from genplane.accounts.service import AuthContext
+from genplane.api.blocklist import key_subject
+from genplane.api.ratelimit import route_group
 from genplane.api.services import Services
 from genplane.errors import ApiError
 
@@ -22,20 +25,29 @@ def client_ip(request: Request) -> str:
 
 
 def require(scope: Scope) -> Callable[[Request], Awaitable[AuthContext]]:
-    """Authenticate, rate-limit and check ``scope``; failures carry the contract's errors."""
+    """Authenticate, rate-limit (per account and route group) and check ``scope``.
+
+    Failures carry the contract's errors.
+    """
 
     async def dependency(request: Request) -> AuthContext:
         svc = services(request)
         ip = client_ip(request)
         await svc.limiter.check_auth_ip(ip)
+        authorization = request.headers.get("authorization")
         try:
-            auth = await svc.authenticator.authenticate(request.headers.get("authorization"), ip)
+            auth = await svc.authenticator.authenticate(authorization, ip)
         except ApiError as exc:
             if exc.name in ("bse_invalid_api_key", "bse_region_mismatch", "bse_authentication_required"):
                 await svc.limiter.record_auth_failure(ip)
             raise
+        if svc.settings.anomaly_auto_block and not svc.settings.firewall_enabled and authorization:
+            # Blocks are answered by the firewall; without it, keys blocked for an anomaly are refused here.
+            await _refuse_blocked(svc, authorization)
         request.state.auth = auth
-        request.state.rate = await svc.limiter.hit_account(auth.account_id)
+        route = request.scope.get("route")
+        group = route_group(request.method, str(getattr(route, "path", request.url.path)))
+        request.state.rate = await svc.limiter.hit_account(auth.account_id, auth.plan, group)
         if scope.value not in auth.scopes:
             raise ApiError(
                 "bse_insufficient_permissions",
@@ -45,3 +57,13 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[AuthContext]]:
         return auth
 
     return dependency
+
+
+async def _refuse_blocked(svc: Services, authorization: str) -> None:
+    token = authorization[7:].strip()
+    blocked = await svc.blocklist.blocked_for(key_subject(token))
+    if blocked > 0:
+        retry = max(1, math.ceil(blocked))
+        raise ApiError(
+            "bse_request_blocked", details={"retry_after_seconds": retry}, headers={"Retry-After": str(retry)}
+        )

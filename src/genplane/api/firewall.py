@@ -57,7 +57,9 @@ WHITELIST_PATHS = frozenset({"/openapi.json", "/docs"})
 WHITELIST_PREFIXES = ("/files/",)
 WHITELIST_METHODS = frozenset({"GET", "HEAD"})
 
-_INT = re.compile(r"[+-]?[0-9]{1,18}")
+# An integer of any size the URL can carry: a parameter without bounds (estimate's clamped `count`)
+# takes any integer. Capped below the digits Python converts from text by default (4300).
+_INT = re.compile(r"[+-]?[0-9]{1,4000}")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})(?:[eE][+-]?[0-9]{1,3})?")
 # The spellings FastAPI (pydantic) accepts for a boolean query value.
 _BOOLEAN = frozenset({"0", "1", "true", "false", "on", "off", "yes", "no", "t", "f", "y", "n"})

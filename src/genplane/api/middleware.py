@@ -1,4 +1,5 @@
-"""The outermost layer: request ids, rate-limit headers, usage counting, and a last-resort
+"""The outermost layer: request ids, rate-limit headers, usage counting and the key's request
+sequence (anomaly detection, :mod:`genplane.usage.sequences`), and a last-resort
 500 in the contract's shape for anything no handler caught. With the firewall off it also
 guards the body size by Content-Length (the firewall does that, and more, when on)."""
 
@@ -10,8 +11,11 @@ import structlog
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from genplane.accounts.service import AuthContext
+from genplane.api.blocklist import key_subject
 from genplane.api.envelope import new_request_id
 from genplane.api.errors import render_error
+from genplane.api.services import Services
 from genplane.errors import ApiError
 from genplane.generations.request import MAX_BODY_BYTES
 
@@ -70,6 +74,45 @@ class EdgeMiddleware:
             auth = state.get("auth")
             route = scope.get("route")
             if auth is not None and route is not None:
+                method: str = scope["method"]
                 path = str(getattr(route, "path", scope.get("path"))).replace(":path}", "}")
-                endpoint = f"{scope['method']} {path}"
+                endpoint = f"{method} {path}"
                 services.usage.record(auth.account_id, endpoint, status, state.get("error_name"))
+                if services.anomalies.enabled:
+                    await _observe(
+                        services, scope, request_headers, auth, route, method, path, endpoint, status
+                    )
+
+
+async def _observe(
+    services: Services,
+    scope: Scope,
+    headers: Headers,
+    auth: AuthContext,
+    route: Any,
+    method: str,
+    path: str,
+    endpoint: str,
+    status: int,
+) -> None:
+    """Feed the key's request sequence; block the key when a pattern set to block is found."""
+    try:
+        target = scope.get("path_params", {}).get("generation_id")
+        operation = getattr(route, "operation_id", None) or endpoint
+        flags = services.anomalies.observe(auth, method, path, operation, status, target)
+        if flags:
+            authorization = headers.get("authorization", "")
+            token = authorization[7:].strip()
+            if authorization[:7].lower() == "bearer " and token:
+                await services.blocklist.block(key_subject(token), services.settings.firewall_block_seconds)
+                for flag in flags:
+                    log.warning(
+                        "anomaly_blocked",
+                        key_prefix=auth.key_prefix,
+                        key_id=auth.key_id,
+                        account_id=auth.account_id,
+                        pattern=flag.pattern,
+                        seconds=services.settings.firewall_block_seconds,
+                    )
+    except Exception as exc:  # analytics must never turn an answered request into an error
+        log.error("anomaly_observe_failed", path=scope.get("path"), error=repr(exc))

@@ -68,6 +68,51 @@ def to_30(node: Any) -> Any:
     return out
 
 
+def _header(description: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": schema}
+
+
+# Response headers, declared once (components/headers) and referenced by each response
+# that carries them; ``required`` holds wherever a header is referenced.
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-Id": _header(
+        "The request's id, equal to the body's request_id.",
+        {"type": "string", "pattern": "^req_[0-9A-Za-z]+$"},
+    ),
+    "X-RateLimit-Limit": _header(
+        "Requests the account may send per minute.", {"type": "integer", "minimum": 1}
+    ),
+    "X-RateLimit-Remaining": _header(
+        "Requests left in the current window.", {"type": "integer", "minimum": 0}
+    ),
+    "X-RateLimit-Reset": _header(
+        "When the current window ends, in Unix seconds.", {"type": "integer", "minimum": 0}
+    ),
+    "Retry-After": _header(
+        "Seconds to wait before sending the request again.", {"type": "integer", "minimum": 1}
+    ),
+    "Idempotency-Replayed": _header(
+        "Sent as 'true' when this is the stored response to an earlier request with the same "
+        "Idempotency-Key and body.",
+        {"type": "string", "enum": ["true"]},
+        required=False,
+    ),
+}
+
+
+def _response_headers(operation_id: str, status: str) -> dict[str, Any]:
+    """The headers a response of ``status`` always carries (and the optional replay marker)."""
+    names = ["X-Request-Id"]
+    if status.startswith("2"):
+        # Every operation authenticates (and counts the request) before it can succeed.
+        names += ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+        if operation_id in ("generateImage", "generateVideo"):
+            names.append("Idempotency-Replayed")
+    elif status == "429":
+        names.append("Retry-After")  # request rate, failed-authentication rate, in-flight cap
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(
         title="genplane API",
@@ -86,6 +131,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     doc.setdefault("components", {})["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key, bye_<region>_..."}
     }
+    doc["components"]["headers"] = RESPONSE_HEADERS
     doc["security"] = [{"bearerAuth": []}]
     doc["servers"] = SERVERS
     for item in doc.get("paths", {}).values():
@@ -95,6 +141,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             default = responses.get("422")
             if default is not None and not str(default.get("description", "")).startswith("Error: "):
                 del responses["422"]
+            for status, response in responses.items():
+                response["headers"] = _response_headers(str(op.get("operationId")), str(status))
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
     converted: dict[str, Any] = to_30(doc)

@@ -1,4 +1,10 @@
-"""Per-account request rates and per-IP failed-authentication rates, on the `limits` library.
+"""Per-account request rates by route group and plan, and per-IP failed-authentication rates,
+on the `limits` library.
+
+Each account has one window per route group (``generate``, ``read``, ``library``), so a
+client that exhausts its reads can still create, and the reverse. The size of each window
+comes from the account's plan (``GENPLANE_RATE_LIMITS``), falling back to
+``GENPLANE_RATE_LIMIT_PER_MINUTE``.
 
 The embedded default keeps windows in memory; the storage is swappable for Redis
 when several API processes must share them.
@@ -9,13 +15,32 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from genplane.errors import ApiError
-from genplane.settings import Settings
+from genplane.settings import RouteGroup, Settings
+
+_GENERATE_PREFIX = "/v1/generate/"
+_LIBRARY_PREFIXES = ("/v1/library/", "/v1/health/")
+
+
+@lru_cache(maxsize=256)
+def route_group(method: str, path: str) -> RouteGroup:
+    """The group of an operation, from its method and path template.
+
+    ``generate``: the two creates; ``library``: the library and health operations;
+    ``read``: everything else (content, list, delete, cancel, status, usage, account,
+    billing, estimate).
+    """
+    if method == "POST" and path.startswith(_GENERATE_PREFIX):
+        return "generate"
+    if path.startswith(_LIBRARY_PREFIXES):
+        return "library"
+    return "read"
 
 
 @dataclass(frozen=True)
@@ -34,20 +59,33 @@ class RateInfo:
 
 class RequestLimiter:
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.settings = settings
         self.storage = storage or MemoryStorage()
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
-        self._per_account = RateLimitItemPerMinute(settings.rate_limit_per_minute)
+        self._items: dict[tuple[str, RouteGroup], RateLimitItem] = {}
         self._auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_minute)
 
-    async def hit_account(self, account_id: str) -> RateInfo:
-        allowed = await self._limiter.hit(self._per_account, "acct", account_id)
-        stats = await self._limiter.get_window_stats(self._per_account, "acct", account_id)
-        info = RateInfo(self._per_account.amount, max(stats.remaining, 0), math.ceil(stats.reset_time))
+    def item(self, plan: str, group: RouteGroup) -> RateLimitItem:
+        found = self._items.get((plan, group))
+        if found is None:
+            if len(self._items) >= 1024:  # plans are few; never let odd values grow this
+                self._items.clear()
+            amount = self.settings.rate_limit_for(plan, group)
+            found = self._items[(plan, group)] = RateLimitItemPerMinute(amount)
+        return found
+
+    async def hit_account(self, account_id: str, plan: str = "", group: RouteGroup = "read") -> RateInfo:
+        """Count one request of ``account_id`` in ``group``; 429 when its window is full."""
+        item = self.item(plan, group)
+        allowed = await self._limiter.hit(item, "acct", group, account_id)
+        stats = await self._limiter.get_window_stats(item, "acct", group, account_id)
+        info = RateInfo(item.amount, max(stats.remaining, 0), math.ceil(stats.reset_time))
         if not allowed:
             retry = max(1, math.ceil(stats.reset_time - time.time()))
             raise ApiError(
                 "bse_rate_limit_exceeded",
-                details={"retry_after_seconds": retry, "limit": info.limit},
+                f"Too many requests to the '{group}' operations: the limit is {info.limit} per minute.",
+                details={"retry_after_seconds": retry, "limit": info.limit, "group": group},
                 headers={**info.headers(), "Retry-After": str(retry)},
             )
         return info

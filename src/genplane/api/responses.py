@@ -10,7 +10,11 @@ from genplane.api.envelope import JSONBody, success_body
 from genplane.api.schemas import FlatError, NestedError
 from genplane.errors import ERRORS
 
-_AUTH_STATUSES = (401, 403, 404, 429, 500)
+# What any operation can answer, whatever it does: the edge firewall's refusals (400 for a
+# parameter, header or body that does not fit the document, 413 for a body over 100 KB by
+# Content-Length, 404 for an undeclared method, 403 once a caller is blocked), then
+# authentication, scope and rate limits (401, 403, 404 for a deleted account, 429), and 500.
+_EVERY_OPERATION = (400, 401, 403, 404, 413, 429, 500)
 
 
 def ok(request: Request, data: Any, message: str = "Operation successful", **extra: Any) -> JSONBody:
@@ -20,7 +24,7 @@ def ok(request: Request, data: Any, message: str = "Operation successful", **ext
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses an operation can answer, named by their codes."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({*_AUTH_STATUSES, *statuses}):
+    for status in sorted({*_EVERY_OPERATION, *statuses}):
         names = sorted(e.name for e in ERRORS.values() if e.http_status == status)
         out[status] = {"model": FlatError | NestedError, "description": "Error: " + ", ".join(names)}
     return out

@@ -16,6 +16,7 @@ from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
 from genplane.storage.store import FileStore
+from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
 from genplane.webhooks.delivery import WebhookDispatcher
 
@@ -35,3 +36,4 @@ class Services:
     limiter: RequestLimiter
     usage: UsageRecorder
     blocklist: FirewallStore
+    anomalies: AnomalyRecorder

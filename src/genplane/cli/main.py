@@ -24,7 +24,8 @@ from genplane.credits import alerts
 from genplane.credits.ledger import add_credits
 from genplane.credits.money import to_credits, to_millis
 from genplane.db.engine import Database
-from genplane.settings import Settings, get_settings
+from genplane.settings import ANOMALY_PATTERNS, Settings, get_settings
+from genplane.usage.anomalies import list_anomalies
 
 app = typer.Typer(no_args_is_help=True, help="genplane: execution control plane for generative media.")
 accounts_app = typer.Typer(no_args_is_help=True, help="Accounts.")
@@ -262,6 +263,52 @@ def keys_rotate(
             raise _fail(str(exc)) from exc
         console.print(f"old key {key_id} expires in {grace_hours} h")
         _print_key(issued.key, issued.record.id, list(issued.record.scopes))
+
+    _run(work)
+
+
+@keys_app.command("anomalies")
+def keys_anomalies(
+    account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key (its id).")] = None,
+    pattern: Annotated[
+        str | None, typer.Option(help=f"Only this pattern: {', '.join(ANOMALY_PATTERNS)}.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many, latest first.")] = 100,
+) -> None:
+    """Patterns flagged in keys' requests (id enumeration, polling storms, failed-create bursts)."""
+    if pattern is not None and pattern not in ANOMALY_PATTERNS:
+        raise _fail(f"unknown pattern {pattern!r}; choose one of {', '.join(ANOMALY_PATTERNS)}")
+
+    async def work(db: Database, settings: Settings) -> None:
+        flags = await list_anomalies(db, account, key, pattern, limit)
+        if not flags:
+            console.print("no anomalies")
+            return
+        table = Table(
+            _id_column("key id"),
+            "prefix",
+            _id_column("account"),
+            "pattern",
+            "detail",
+            "count",
+            "first seen",
+            "last seen",
+            "blocked until",
+        )
+        for f in flags:
+            table.add_row(
+                f.key_id,
+                f.key_prefix + "…",
+                f.account_id,
+                f.pattern,
+                escape(f.detail or ""),
+                str(f.count),
+                iso(f.first_seen_at),
+                iso(f.last_seen_at),
+                iso(f.blocked_until) or "",
+            )
+        console.print(table)
 
     _run(work)
 

@@ -246,3 +246,29 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+class KeyAnomaly(Base):
+    """A pattern the anomaly detectors found in one key's requests: one row per episode.
+
+    An episode lasts while matching requests keep coming within the pattern's window;
+    ``count`` is the matching requests seen in it, ``blocked_until`` is set when the key
+    was blocked for it (GENPLANE_ANOMALY_AUTO_BLOCK).
+    """
+
+    __tablename__ = "key_anomalies"
+    __table_args__ = (
+        Index("ix_key_anomalies_account_last_seen", "account_id", "last_seen_at"),
+        Index("ix_key_anomalies_key_last_seen", "key_id", "last_seen_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(40))
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    pattern: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[str | None] = mapped_column(String(200))
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    blocked_until: Mapped[datetime | None]

@@ -146,12 +146,12 @@ class GenerationService:
                     .select_from(Generation)
                     .where(Generation.account_id == auth.account_id, Generation.status.in_(repo.ACTIVE))
                 )
-                if (inflight or 0) >= self.settings.max_inflight_generations:
+                cap = self.settings.max_inflight_for(auth.plan)
+                if (inflight or 0) >= cap:
                     raise ApiError(
                         "bse_concurrency_limit_exceeded",
-                        f"{inflight} generations are in flight; the limit is "
-                        f"{self.settings.max_inflight_generations}.",
-                        details={"limit": self.settings.max_inflight_generations},
+                        f"{inflight} generations are in flight; the limit is {cap}.",
+                        details={"limit": cap, "retry_after_seconds": 1},
                         headers={"Retry-After": "1"},
                     )
                 s.add(gen)

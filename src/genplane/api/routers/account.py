@@ -37,7 +37,7 @@ async def status(request: Request, auth: AccountRead) -> object:
     return ok(request, data, "API connected successfully")
 
 
-@router.get("/usage", response_model=Envelope[UsageData], responses=errors(400), operation_id="getUsage")
+@router.get("/usage", response_model=Envelope[UsageData], responses=errors(), operation_id="getUsage")
 async def usage(request: Request, auth: AccountRead, days: Annotated[int, Query(ge=1, le=90)] = 30) -> object:
     svc = services(request)
     await svc.usage.flush()

@@ -28,7 +28,7 @@ GenerationId = Annotated[str, Path(max_length=64)]
 @router.get(
     "/content/list",
     response_model=PageEnvelope[GenerationList],
-    responses=errors(400),
+    responses=errors(),
     operation_id="listContent",
 )
 async def list_content(

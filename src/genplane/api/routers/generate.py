@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response
@@ -16,7 +16,7 @@ from genplane.catalog.pricing import generation_cost_millis, unit_price
 from genplane.credits.ledger import balance_millis
 from genplane.credits.money import to_credits
 from genplane.errors import ApiError
-from genplane.generations.idempotency import check_key
+from genplane.generations.idempotency import KEY_RE, check_key
 from genplane.generations.request import MAX_BODY_BYTES
 
 router = APIRouter(prefix="/v1")
@@ -57,7 +57,25 @@ async def _create(
     )
 
 
-_CREATE_ERRORS = errors(400, 402, 409, 413, 422)
+# 503: no configured provider here serves the model (bse_provider_unavailable), checked before
+# anything is reserved. Provider failures after acceptance land in the record, not here.
+_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **errors(402, 409, 422, 503),
+    200: {
+        "links": {
+            name: {
+                "operationId": operation_id,
+                "parameters": {"generation_id": "$response.body#/data/generation_id"},
+                "description": description,
+            }
+            for name, operation_id, description in (
+                ("GetGeneration", "getContent", "The generation's record; poll it until terminal."),
+                ("CancelGeneration", "cancelGeneration", "Cancel the generation while it is not terminal."),
+                ("DeleteGeneration", "deleteContent", "Delete the generation and its stored files."),
+            )
+        }
+    },
+}
 # The body is read and checked by the service (size cap, then the chosen model's rules),
 # so it is declared for the OpenAPI document only.
 _BODY_DOC = {
@@ -66,14 +84,22 @@ _BODY_DOC = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
     }
 }
-IdemKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
+IdemKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        pattern=KEY_RE.pattern,
+        description="Sent again with the same body within 24 h, replays the first response.",
+    ),
+]
 Writer = Annotated[AuthContext, Depends(require(Scope.GENERATION_WRITE))]
 
 
 @router.post(
     "/generate/image/{model_identifier:path}",
     response_model=Envelope[CreateData],
-    responses=_CREATE_ERRORS,
+    responses=_CREATE_RESPONSES,
     operation_id="generateImage",
     openapi_extra=_BODY_DOC,
 )
@@ -86,7 +112,7 @@ async def generate_image(
 @router.post(
     "/generate/video/{model_identifier:path}",
     response_model=Envelope[CreateData],
-    responses=_CREATE_ERRORS,
+    responses=_CREATE_RESPONSES,
     operation_id="generateVideo",
     openapi_extra=_BODY_DOC,
 )
@@ -99,7 +125,7 @@ async def generate_video(
 @router.get(
     "/estimate/{model_identifier:path}",
     response_model=Envelope[EstimateData],
-    responses=errors(400, 422),
+    responses=errors(422),
     operation_id="estimateCost",
 )
 async def estimate(
