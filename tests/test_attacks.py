@@ -115,3 +115,26 @@ async def test_too_many_input_files_are_refused(harness_factory: Any) -> None:
     r = await caller.create_image({"generation_prompt": "x", "generation_input_file": urls}, model=KONTEXT)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == "bse_invalid_input"
+
+
+async def test_a_body_that_trickles_in_is_cut_off_by_the_request_timeout(harness_factory: Any) -> None:
+    """A client that opens a create and sends its body slowly holds nothing for long."""
+    import asyncio
+
+    h: Harness = await harness_factory(request_timeout_seconds=0.3)
+    caller = await h.caller(credits="1")
+
+    async def trickle() -> Any:
+        yield b'{"generation_prompt": '
+        await asyncio.sleep(2)
+        yield b'"late"}'
+
+    r = await caller.post(
+        "/v1/generate/image/local/preview-image",
+        content=trickle(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 500, r.text
+    assert r.json()["error"] == "bse_internal_error" and r.json()["retryable"] is True
+    assert "longer than 0.3 s" in r.json()["message"]
+    assert (await caller.get("/v1/content/list")).json()["total"] == 0

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     )
     webhook_concurrency: int = Field(32, ge=1, le=1024, description="Deliveries sent at once per process.")
 
+    request_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time one API request may take, body upload included (file downloads "
+        "excepted); then bse_internal_error, retryable.",
+    )
     rate_limit_per_minute: int = Field(
         600,
         ge=1,

@@ -5,6 +5,7 @@ guards the body size by Content-Length (the firewall does that, and more, when o
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -62,7 +63,19 @@ class EdgeMiddleware:
                     scope, receive, send_wrapper
                 )
             else:
-                await self.app(scope, receive, send_wrapper)
+                # File downloads may take as long as the client's link needs; nothing else may.
+                is_download = scope["path"].startswith("/files/")
+                limit = None if is_download else services.settings.request_timeout_seconds
+                async with asyncio.timeout(limit):
+                    await self.app(scope, receive, send_wrapper)
+        except TimeoutError:
+            seconds = services.settings.request_timeout_seconds
+            log.warning("request_timeout", request_id=request_id, path=scope.get("path"), seconds=seconds)
+            if not started:
+                err = ApiError("bse_internal_error", f"The request took longer than {seconds:g} s; retry it.")
+                await render_error(state, services.settings.error_shape, request_headers, err)(
+                    scope, receive, send_wrapper
+                )
         except Exception as exc:
             log.error("unhandled_error", request_id=request_id, path=scope.get("path"), error=repr(exc))
             if not started:
