@@ -18,8 +18,23 @@ DEFAULT_THRESHOLD_MILLIS = 500
 MAX_THRESHOLDS = 10
 
 
-async def check_low_balance(s: AsyncSession, account_id: str, balance_millis: int) -> list[int]:
-    """Fire the armed thresholds the balance fell below; re-arm those it is back above."""
+async def check_low_balance(
+    s: AsyncSession, account_id: str, balance_millis: int, *, fell: bool
+) -> list[int]:
+    """After the balance ``fell``, fire the armed thresholds it is now below; after it rose,
+    re-arm those it is back above. A movement can only do one of the two, so each call
+    is one statement on the create path, not two."""
+    if not fell:
+        await s.execute(
+            update(CreditAlert)
+            .where(
+                CreditAlert.account_id == account_id,
+                CreditAlert.armed.is_(False),
+                CreditAlert.threshold_millis <= balance_millis,
+            )
+            .values(armed=True)
+        )
+        return []
     fired = list(
         (
             await s.scalars(
@@ -33,15 +48,6 @@ async def check_low_balance(s: AsyncSession, account_id: str, balance_millis: in
                 .returning(CreditAlert.threshold_millis)
             )
         ).all()
-    )
-    await s.execute(
-        update(CreditAlert)
-        .where(
-            CreditAlert.account_id == account_id,
-            CreditAlert.armed.is_(False),
-            CreditAlert.threshold_millis <= balance_millis,
-        )
-        .values(armed=True)
     )
     if fired:
         await emit(

@@ -61,7 +61,7 @@ async def add_credits(db: Database, account_id: str, millis: int, note: str | No
         if balance is None:
             raise ValueError(f"no account {account_id}")
         await _entry(s, account_id, None, "add", millis, balance, note)
-        await check_low_balance(s, account_id, int(balance))
+        await check_low_balance(s, account_id, int(balance), fell=False)
         return int(balance)
 
 
@@ -84,7 +84,7 @@ async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: 
             details={"required": to_credits(millis), "balance": to_credits(current or 0)},
         )
     await _entry(s, account_id, generation_id, "reserve", millis, balance)
-    await check_low_balance(s, account_id, int(balance))
+    await check_low_balance(s, account_id, int(balance), fell=True)
     return int(balance)
 
 
@@ -112,7 +112,7 @@ async def settle(s: AsyncSession, generation: Generation, kind: Literal["charge"
         balance = int(current or 0)
     await _entry(s, generation.account_id, generation.id, kind, amount, int(balance))
     if kind == "refund":
-        await check_low_balance(s, generation.account_id, int(balance))
+        await check_low_balance(s, generation.account_id, int(balance), fell=False)
     return True
 
 
