@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,6 +17,7 @@ from sqlalchemy import select
 
 from genplane.accounts import service as accounts
 from genplane.db.models import Generation, UsageCounter
+from genplane.usage.recorder import UsageRecorder
 from tests.conftest import Caller, Harness
 
 ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
@@ -335,6 +338,40 @@ async def test_usage_counts_are_flushed_by_the_interval_too(harness: Harness, ca
             break
         assert time.monotonic() < deadline, f"counters not flushed: {total}"
         await asyncio.sleep(0.05)
+
+
+async def test_usage_flush_waits_for_a_flush_already_in_progress(
+    harness: Harness, caller: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader's flush must not return while the timed flush still holds the batch it took."""
+    recorder = UsageRecorder(harness.services.db, interval=3600)
+    recorder.record(caller.account_id, "GET /v1/status", 200, None)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    real_write = harness.services.db.write
+
+    @asynccontextmanager
+    async def held_write() -> AsyncIterator[Any]:
+        entered.set()
+        await gate.wait()
+        async with real_write() as s:
+            yield s
+
+    monkeypatch.setattr(harness.services.db, "write", held_write)
+    timed = asyncio.create_task(recorder.flush())
+    await entered.wait()  # the timed flush has taken the batch and is writing it
+    monkeypatch.setattr(harness.services.db, "write", real_write)
+    reader = asyncio.create_task(recorder.flush())
+    done, _ = await asyncio.wait({reader}, timeout=0.2)
+    assert not done, "the reader's flush returned before the batch in progress was written"
+    gate.set()
+    await asyncio.gather(timed, reader)
+    async with harness.services.db.read() as s:
+        count = await s.scalar(
+            select(UsageCounter.count).where(
+                UsageCounter.account_id == caller.account_id, UsageCounter.endpoint == "GET /v1/status"
+            )
+        )
+    assert count == 1
 
 
 async def test_usage_period_excludes_older_days(harness: Harness, caller: Caller) -> None:

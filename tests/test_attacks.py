@@ -118,15 +118,17 @@ async def test_too_many_input_files_are_refused(harness_factory: Any) -> None:
 
 
 async def test_a_body_that_trickles_in_is_cut_off_by_the_request_timeout(harness_factory: Any) -> None:
-    """A client that opens a create and sends its body slowly holds nothing for long."""
+    """A client that opens a create and sends its body slowly holds nothing for long, and
+    is told it was too slow (408, retryable) rather than that the server failed."""
     import asyncio
 
     h: Harness = await harness_factory(request_timeout_seconds=0.3)
     caller = await h.caller(credits="1")
+    never = asyncio.Event()  # the rest of the body never comes
 
     async def trickle() -> Any:
         yield b'{"generation_prompt": '
-        await asyncio.sleep(2)
+        await never.wait()
         yield b'"late"}'
 
     r = await caller.post(
@@ -134,7 +136,129 @@ async def test_a_body_that_trickles_in_is_cut_off_by_the_request_timeout(harness
         content=trickle(),
         headers={"Content-Type": "application/json"},
     )
-    assert r.status_code == 500, r.text
-    assert r.json()["error"] == "bse_internal_error" and r.json()["retryable"] is True
-    assert "longer than 0.3 s" in r.json()["message"]
+    assert r.status_code == 408, r.text
+    body = r.json()
+    assert body["error"] == "bse_request_timeout" and body["code"] == "BSE2018"
+    assert body["retryable"] is True
+    assert "not received in time" in body["message"]
+    assert r.headers["connection"] == "close"  # the rest of the body may still be on its way
     assert (await caller.get("/v1/content/list")).json()["total"] == 0
+    assert (await caller.get("/v1/user/billing")).json()["data"]["billing_credit_balance"] == 1.0
+
+
+async def test_a_handler_that_runs_too_long_is_a_server_error_not_the_clients(
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body arrived whole; the time ran out in genplane, so it is not a 408."""
+    import asyncio
+
+    h: Harness = await harness_factory(request_timeout_seconds=0.3)
+    caller = await h.caller(credits="1")
+    entered = asyncio.Event()
+
+    async def stuck(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(h.services.generations, "create", stuck)
+    r = await caller.create_image()
+    assert entered.is_set()
+    assert r.status_code == 500, r.text
+    body = r.json()
+    assert body["error"] == "bse_internal_error" and body["retryable"] is True
+    assert "0.3 s" in body["message"] and "server" in body["message"]
+    assert "not received" not in body["message"] and "send it again" not in body["message"]
+
+
+# --------------------------------------------------------------------------- input files that break the fetch
+
+INPUT_HOST = "files.test"  # allow-listed, so it is fetched by name from the fake network
+INPUT_FILE = f"http://{INPUT_HOST}/in.png"
+
+
+async def input_file_host(harness_factory: Any, respond: Any) -> Harness:
+    """An app whose input files at ``INPUT_HOST`` are answered by ``respond``."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from tests.fakes.network import FakeNetwork
+
+    network = FakeNetwork()
+    network.add(INPUT_HOST, Starlette(routes=[Route("/{path:path}", respond)]))
+    h: Harness = await harness_factory(
+        transport=network, bfl_api_key="bfl-test-key", fetch_allow_hosts=[INPUT_HOST]
+    )
+    return h
+
+
+def error_name(record: dict[str, Any]) -> str:
+    """The flat name: ``generation_error_name`` per the contract, else the older field."""
+    return str(record.get("generation_error_name") or record["generation_error_code"])
+
+
+async def claims_of(h: Harness, gid: str) -> int:
+    from genplane.db.models import Generation
+
+    async with h.services.db.read() as s:
+        gen = await s.get(Generation, gid)
+        assert gen is not None
+        return gen.claims
+
+
+async def test_input_file_redirecting_to_data_url_fails_cleanly_on_the_first_try(
+    harness_factory: Any,
+) -> None:
+    """httpx cannot even build the redirect to a data: URL; that used to crash the job,
+    which was re-claimed and crashed again until the claim limit, ~90 s later."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    async def respond(request: Request) -> Response:
+        return Response(status_code=302, headers={"location": "data:image/png;base64,iVBORw0KGgo="})
+
+    h = await input_file_host(harness_factory, respond)
+    caller = await h.caller(credits="1")
+    r = await caller.create_image(
+        {"generation_prompt": "edit", "generation_input_file": [INPUT_FILE]}, model=KONTEXT
+    )
+    assert r.status_code == 200, r.text
+    gid = r.json()["data"]["generation_id"]
+    record = await caller.wait(gid, timeout=5)  # a crash would hold it for a lease (30 s)
+    assert record["generation_status"] == "failed"
+    # The contract's name for an input URL that is not http(s) after a redirect.
+    assert error_name(record) == "bse_unsafe_file_url", record
+    assert "redirect" in record["generation_error"] and "InvalidURL" not in record["generation_error"]
+    assert await claims_of(h, gid) == 1
+    assert (await caller.get("/v1/user/billing")).json()["data"]["billing_credit_balance"] == 1.0
+
+
+async def test_an_unexpected_exception_in_a_job_fails_it_once_and_refunds(
+    harness_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a job must not loop through re-claims, nor show its text to the tenant."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from tests.fakes.media import png_bytes
+
+    async def respond(request: Request) -> Response:
+        return Response(png_bytes(), media_type="image/png")
+
+    h = await input_file_host(harness_factory, respond)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("/srv/genplane/src/genplane/secret.py: boom")
+
+    monkeypatch.setattr(h.services.worker.chain, "run", broken)
+    caller = await h.caller(credits="1")
+    r = await caller.create_image(
+        {"generation_prompt": "edit", "generation_input_file": [INPUT_FILE]}, model=KONTEXT
+    )
+    assert r.status_code == 200, r.text
+    gid = r.json()["data"]["generation_id"]
+    record = await caller.wait(gid, timeout=5)
+    assert record["generation_status"] == "failed"
+    assert error_name(record) == "bse_internal_error", record
+    assert "/srv" not in record["generation_error"] and "boom" not in record["generation_error"]
+    assert await claims_of(h, gid) == 1
+    assert (await caller.get("/v1/user/billing")).json()["data"]["billing_credit_balance"] == 1.0

@@ -525,6 +525,59 @@ async def test_rotation_grace_out_of_range_is_refused(harness: Harness, grace: i
     assert keys[0].expires_at is None
 
 
+async def test_a_key_with_a_live_successor_is_not_rotated_again(harness: Harness) -> None:
+    """Two live successors of one key: revoking "the new key" would leave another working."""
+    svc = harness.services
+    owner = await harness.caller()
+    first = await accounts.rotate_key(svc.db, svc.settings, owner.key_id, grace_hours=24)
+    expiry = {k.id: k.expires_at for k in await accounts.list_keys(svc.db, owner.account_id)}
+    with pytest.raises(ValueError, match=f"successor {first.record.id}"):
+        await accounts.rotate_key(svc.db, svc.settings, owner.key_id, grace_hours=1)
+    keys = await accounts.list_keys(svc.db, owner.account_id)
+    assert {k.id for k in keys} == {owner.key_id, first.record.id}
+    assert {k.id: k.expires_at for k in keys} == expiry  # the grace period was not touched
+    # The successor can itself be rotated, once.
+    second = await accounts.rotate_key(svc.db, svc.settings, first.record.id)
+    with pytest.raises(ValueError, match=f"successor {second.record.id}"):
+        await accounts.rotate_key(svc.db, svc.settings, first.record.id)
+
+
+async def test_a_successor_that_expired_does_not_block_a_rotation(harness: Harness) -> None:
+    from sqlalchemy import update
+
+    from genplane.db.models import ApiKey
+
+    svc = harness.services
+    owner = await harness.caller()
+    in_two_days = clock.utcnow() + timedelta(days=2)
+    expiring = await harness.key_for(owner, preset="full_access", expires_at=in_two_days)
+    first = await accounts.rotate_key(svc.db, svc.settings, expiring.key_id)
+    assert first.record.expires_at is not None  # inherited: still live for two days
+    with pytest.raises(ValueError, match=f"successor {first.record.id}"):
+        await accounts.rotate_key(svc.db, svc.settings, expiring.key_id)
+    async with svc.db.write() as s:
+        await s.execute(
+            update(ApiKey)
+            .where(ApiKey.id == first.record.id)
+            .values(expires_at=clock.utcnow() - timedelta(seconds=1))
+        )
+    again = await accounts.rotate_key(svc.db, svc.settings, expiring.key_id)
+    assert again.record.id not in (first.record.id, expiring.key_id)
+
+
+async def test_two_rotations_at_once_leave_one_successor(harness: Harness) -> None:
+    svc = harness.services
+    owner = await harness.caller()
+    results = await asyncio.gather(
+        *(accounts.rotate_key(svc.db, svc.settings, owner.key_id) for _ in range(3)), return_exceptions=True
+    )
+    issued = [r for r in results if not isinstance(r, BaseException)]
+    assert len(issued) == 1, results
+    assert all(isinstance(r, ValueError) for r in results if r not in issued)
+    successors = [k for k in await accounts.list_keys(svc.db) if k.rotated_from_id == owner.key_id]
+    assert [k.id for k in successors] == [issued[0].record.id]
+
+
 async def test_rotating_a_revoked_key_is_refused(harness: Harness) -> None:
     svc = harness.services
     owner = await harness.caller()
@@ -819,7 +872,7 @@ async def test_failed_authentications_from_one_ip_are_rate_limited(
 async def test_auth_failure_limit_counts_every_kind_of_failed_authentication(
     harness_factory: Callable[..., Any],
 ) -> None:
-    h = await harness_factory(auth_failures_per_minute=3)
+    h = await harness_factory(auth_failures_per_ip_per_minute=3)
     owner = await h.caller()
     attempts = [
         {},  # no header

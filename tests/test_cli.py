@@ -344,6 +344,19 @@ def test_keys_rotate_keeps_the_old_key_for_the_grace_period(cli: Cli) -> None:
     assert old_key not in listing and new_key not in listing
 
 
+def test_keys_rotate_twice_in_the_grace_period_is_refused(cli: Cli) -> None:
+    acme = cli.create_account()
+    _, old_id = cli.create_key(acme)
+    new_id = printed_key_id(cli.ok("keys", "rotate", old_id))
+    out = cli.fails("keys", "rotate", old_id, expect=f"successor {new_id}")
+    assert old_id in out
+    assert [k.id for k in cli.keys() if k.rotated_from_id == old_id] == [new_id]
+    # Once the successor is revoked (say it leaked), the key may be rotated again.
+    cli.ok("keys", "revoke", new_id)
+    again = printed_key_id(cli.ok("keys", "rotate", old_id))
+    assert again not in (old_id, new_id)
+
+
 def test_keys_revoke_stops_the_key_at_once(cli: Cli) -> None:
     acme = cli.create_account()
     key, key_id = cli.create_key(acme)

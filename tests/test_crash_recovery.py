@@ -6,13 +6,7 @@ what an operator sees: a process that dies without any shutdown code running.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,72 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.serve_process import Server
+
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def env(self, **overrides: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GENPLANE_")}
-        env.update(
-            GENPLANE_DATA_DIR=str(self.data_dir),
-            GENPLANE_PORT=str(self.port),
-            GENPLANE_PUBLIC_BASE_URL=f"http://127.0.0.1:{self.port}",
-            GENPLANE_LEASE_SECONDS="2",
-            GENPLANE_SWEEP_INTERVAL_SECONDS="0.5",
-            GENPLANE_LOG_LEVEL="WARNING",
-        )
-        env.update(overrides)
-        return env
-
-    def init(self) -> str:
-        out = subprocess.run(
-            [str(BIN / "genplane"), "init", "--quickstart"],
-            env=self.env(), check=True, capture_output=True, text=True, timeout=60,
-        ).stdout
-        match = re.search(r"^(bye_\S+)$", out, re.M)
-        assert match, out
-        return match.group(1)
-
-    def start(self, **overrides: str) -> None:
-        self.proc = subprocess.Popen(
-            [str(BIN / "genplane"), "serve"], env=self.env(**overrides), stdin=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            assert self.proc.poll() is None, "server exited during start-up"
-            time.sleep(0.05)
-        raise AssertionError("server did not start listening")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
 
 
 @pytest.fixture
@@ -97,7 +28,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def _client(server: Server, key: str) -> httpx.Client:
     return httpx.Client(
-        base_url=f"http://127.0.0.1:{server.port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        base_url=f"{server.base_url}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10
     )
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from genplane.clock import utcnow
 from genplane.db.models import Generation, LedgerEntry, ProviderAttempt
 from tests.conftest import Caller, Harness
 from tests.fakes.fal import CDN_HOST as FAL_CDN
@@ -391,3 +392,82 @@ async def test_overall_deadline_stops_the_chain(rig_factory: Callable[..., Any])
     assert record["generation_error_code"] == "bse_provider_timeout"
     assert [a[:2] for a in await rig.attempts(gid)] == [("replicate", "failed")]
     assert await rig.balance(caller) == pytest.approx(before)
+
+
+async def test_restart_during_a_synchronous_call_submits_again_without_a_failure(tmp_path: Path) -> None:
+    """A synchronous provider's answer died with the process that held it: the next process
+    asks the same provider again; no failed attempt, no failover, one success."""
+    import httpx
+
+    from genplane.accounts import service as accounts
+    from genplane.accounts.scopes import parse_scopes
+    from genplane.api.app import create_app
+    from genplane.credits.money import to_millis
+    from tests.conftest import make_settings
+    from tests.fakes.cloudflare import BASE_URL as CF_BASE_URL
+    from tests.fakes.cloudflare import FakeCloudflare
+
+    network = FakeNetwork()
+    cloudflare = FakeCloudflare()
+    cloudflare.mount(network)
+    settings = make_settings(
+        tmp_path / "data",
+        cloudflare_api_token=cloudflare.token,
+        cloudflare_account_id=cloudflare.account_id,
+        cloudflare_base_url=CF_BASE_URL,
+        lease_seconds=0.5,
+    )
+
+    async def started(**overrides: Any) -> tuple[Any, Any, httpx.AsyncClient]:
+        app = create_app(settings.model_copy(update=overrides), transport=network)
+        ctx = app.router.lifespan_context(app)
+        await ctx.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+        return app, ctx, client
+
+    app, ctx, client = await started(run_worker=False)
+    db = app.state.services.db
+    account = await accounts.create_account(db, "A", credits_millis=to_millis("1"))
+    key = (await accounts.create_key(db, settings, account.id, "k", parse_scopes("full_access", None))).key
+    headers = {"Authorization": f"Bearer {key}"}
+    r = await client.post(
+        "/v1/generate/image/leonardo/lucid-origin", headers=headers, json={"generation_prompt": "resubmit me"}
+    )
+    assert r.status_code == 200, r.text
+    gid = r.json()["data"]["generation_id"]
+    # As a process that died inside the call leaves it: claimed, the prediction noted, lease lapsing.
+    async with db.write() as s:
+        await s.execute(
+            update(Generation)
+            .where(Generation.id == gid)
+            .values(
+                status="processing",
+                claims=1,
+                lease_owner="dead-process",
+                lease_expires_at=utcnow(),
+                started_at=utcnow(),
+                provider_state={"provider": "cloudflare", "prediction_id": "held-by-the-dead-process"},
+            )
+        )
+    await client.aclose()
+    await ctx.__aexit__(None, None, None)
+
+    app, ctx, client = await started()
+    try:
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            record = (await client.get(f"/v1/content/{gid}", headers=headers)).json()["data"]
+            if record["generation_status"] in ("succeeded", "failed", "canceled"):
+                break
+            assert asyncio.get_running_loop().time() < deadline, record
+            await asyncio.sleep(0.05)
+        assert record["generation_status"] == "succeeded", record
+        assert len(cloudflare.calls) == 1
+        async with app.state.services.db.read() as s:
+            outcomes = (
+                await s.scalars(select(ProviderAttempt.outcome).where(ProviderAttempt.generation_id == gid))
+            ).all()
+        assert list(outcomes) == ["used"]
+    finally:
+        await client.aclose()
+        await ctx.__aexit__(None, None, None)

@@ -447,6 +447,77 @@ async def test_client_that_follows_redirects_itself_is_not_trusted(env: Env) -> 
     assert metadata.hosts_seen == []
 
 
+def raw_redirect(location: str) -> Handler:
+    """A 302 whose Location is sent exactly as given (RedirectResponse would quote it)."""
+
+    async def handler(request: Request) -> Response:
+        return Response(status_code=302, headers={"location": location})
+
+    return handler
+
+
+# httpx builds the redirect's next request even when it does not follow it, and
+# raises InvalidURL for a Location with a scheme but no host.
+@pytest.mark.parametrize(
+    "location", ["data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)", "mailto:a@b.c", "http:a.png"]
+)
+async def test_redirect_to_a_hostless_url_is_refused_cleanly(env: Env, location: str) -> None:
+    env.site(CDN_IP, raw_redirect(location))
+    err = await input_error(env.fetcher(), f"https://{CDN}/a.png")
+    assert err.name == "bse_unsafe_file_url" and "redirect" in err.text
+    assert len(env.net.seen) == 1
+    out = await output_error(env.fetcher(), f"https://{CDN}/out.png")
+    assert "refused" in out.message
+    assert len(env.net.seen) == 2  # refused, not retried
+
+
+class Raising(httpx.AsyncBaseTransport):
+    """A network that fails every request with one exception."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'gopher://'."),
+        httpx.RemoteProtocolError("Invalid URL in location header: /srv/genplane/secret"),
+        httpx.TooManyRedirects("Exceeded /srv/genplane/secret"),
+        httpx.DecodingError("Error -3 while decompressing data: /srv/genplane/secret"),
+        httpx.StreamConsumed(),
+        RuntimeError("/srv/genplane/secret/module.py exploded"),
+        UnicodeError("encoding with 'idna' codec failed"),
+    ],
+    ids=lambda exc: type(exc).__name__,
+)
+async def test_any_error_while_fetching_is_a_fetch_error(env: Env, exc: Exception) -> None:
+    transport = Raising(exc)
+    async with httpx.AsyncClient(transport=transport) as client:
+        fetcher = FileFetcher(client, resolver=env.dns, backoff=0.001)
+        err = await input_error(fetcher, f"https://{CDN}/a.png")
+        assert err.name == "bse_file_download_error"
+        assert "/srv/genplane" not in err.text and str(exc) not in err.text
+        out = await output_error(fetcher, f"https://{CDN}/out.png")
+        assert "/srv/genplane" not in out.message
+
+
+async def test_a_resolver_error_of_any_kind_is_a_download_error(env: Env) -> None:
+    async def broken(host: str, port: int) -> list[str]:
+        raise UnicodeError("encoding with 'idna' codec failed (UnicodeError: label too long)")
+
+    fetcher = FileFetcher(env.client, resolver=broken)
+    with pytest.raises(ApiError) as info:
+        await fetcher.check_public(f"https://{CDN}/a.png", FIELD)
+    assert info.value.name == "bse_file_download_error" and "idna" not in info.value.text
+    assert (await input_error(fetcher, f"https://{CDN}/a.png")).name == "bse_file_download_error"
+
+
 # --------------------------------------------------------------------------- allow-list
 
 

@@ -423,3 +423,21 @@ async def test_concurrency_limit_does_not_poison_the_key(harness_factory: Any) -
     ok = await caller.create_image(BODY, headers=key_header("later"))
     assert ok.status_code == 200, ok.text
     assert "idempotency-replayed" not in ok.headers
+
+
+async def test_replay_depends_only_on_the_stored_answer(
+    harness: Harness, monkeypatch: Any
+) -> None:
+    """The provider was unconfigured since the first create: the retry still gets the first
+    answer, since nothing but the stored answer is consulted."""
+    caller = await harness.caller(credits="1")
+    first = await caller.create_image(BODY, headers=key_header("stable-1"))
+    assert first.status_code == 200, first.text
+    await caller.wait(first.json()["data"]["generation_id"])
+    monkeypatch.setattr(harness.services.providers["local"], "configured", lambda: False)
+    unrelated = await caller.create_image(BODY, headers=key_header("stable-2"))
+    assert_error(unrelated, 503, "bse_provider_unavailable", True)
+    again = await caller.create_image(BODY, headers=key_header("stable-1"))
+    assert again.status_code == 200, again.text
+    assert again.headers["Idempotency-Replayed"] == "true"
+    assert data_bytes(again) == data_bytes(first)

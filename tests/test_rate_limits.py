@@ -260,7 +260,7 @@ async def test_every_429_carries_retry_after(harness_factory: Callable[..., Any]
     assert "X-RateLimit-Limit" not in answers["bse_auth_rate_limited"].headers
 
 
-async def test_failed_authentications_are_refused_before_any_key_lookup(
+async def test_a_failing_credential_is_refused_before_any_key_lookup(
     harness_factory: Callable[..., Any],
 ) -> None:
     h: Harness = await harness_factory(auth_failures_per_minute=2)
@@ -277,11 +277,14 @@ async def test_failed_authentications_are_refused_before_any_key_lookup(
         return await original(*args)
 
     h.services.authenticator.authenticate = counting  # type: ignore[method-assign]
-    # Even the good key is refused from that address now, without being looked at.
-    r = await h.client.get("/v1/status", headers=owner.headers)
+    # The same credential from that address is refused without being looked at...
+    r = await h.client.get("/v1/status", headers=bad)
     assert r.status_code == 429
     assert r.json()["error"] == "bse_auth_rate_limited"
     assert lookups == 0
+    # ...while a good key from the same address is served.
+    assert (await h.client.get("/v1/status", headers=owner.headers)).status_code == 200
+    assert lookups == 1
 
 
 # --- in-flight cap per plan ----------------------------------------------------------------------

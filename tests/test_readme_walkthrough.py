@@ -1,7 +1,8 @@
 """The README's walk-through works as printed, against a real ``genplane serve``.
 
 What a new user does is replayed for real: ``genplane init --quickstart`` and
-``genplane serve`` (what ``make run`` runs) start a server on a free loopback port, and
+``genplane serve`` (what ``make run`` runs) start a server on a free loopback port (a
+socket this test binds and the server inherits, so no other process can take it), and
 the ```sh blocks of "A walk through the API with curl" run in order in one bash session
 (``bash -e -o pipefail``), then those of "Managing accounts, keys and credits" run
 against the same data directory. Only what a user fills in by hand is substituted:
@@ -22,7 +23,6 @@ import queue
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
+from tests.serve_process import listening_socket, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -97,13 +99,6 @@ def expected_status(command: str) -> int | None:
 # --------------------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _stop(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -135,7 +130,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # directory gets a `.venv` pointing at the running environment so they run verbatim
     # without writing into the checkout (`genplane openapi > openapi.yaml`, `out.png`).
     (workdir / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-    port = _free_port()
+    listener = listening_socket()
+    port: int = listener.getsockname()[1]
     # Nothing GENPLANE_* from the outer environment (no provider keys, no .env: the work
     # directory is fresh), so only the built-in local provider runs and nothing leaves
     # loopback; no proxy variables either, for curl and for the server.
@@ -161,22 +157,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     log = (workdir / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [str(BIN / "genplane"), "serve"],
+        [str(BIN / "genplane"), "serve", "--fd", str(listener.fileno())],
         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        pass_fds=(listener.fileno(),),
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (workdir / "serve.log").read_text()
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "genplane serve did not listen within 20 s"
-            time.sleep(0.05)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", proc, timeout=20)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{(workdir / 'serve.log').read_text()}") from None
         yield Server(port, match.group(1), init.stdout, env, workdir)
     finally:
         _stop(proc)
         log.close()
+        listener.close()
 
 
 @dataclass

@@ -24,7 +24,7 @@ from genplane.db.engine import Database
 from genplane.jobs.fetch import FileFetcher
 from genplane.settings import Settings
 from genplane.webhooks.endpoints import add_endpoint
-from tests.test_crash_recovery import Server
+from tests.serve_process import Server
 from tests.webhook_receiver import Answer, Received, Receiver, verified_payload
 
 WEBHOOK_ENV = {
@@ -92,7 +92,7 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def create_and_finish(server: Server, key: str) -> str:
     with httpx.Client(
-        base_url=f"http://127.0.0.1:{server.port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10
+        base_url=f"{server.base_url}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=10
     ) as client:
         r = client.post("/generate/image/local/preview-image", json={"generation_prompt": "a crash"})
         assert r.status_code == 200, r.text

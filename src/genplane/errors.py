@@ -235,6 +235,14 @@ _SPECS = [
         False,
         "No such endpoint: the path or method is not part of the API.",
     ),
+    _spec(
+        "request_timeout",
+        "BSE2018",
+        "request_timeout",
+        408,
+        True,
+        "The request was not received in time; send it again.",
+    ),
     _spec("model_not_found", "BSE3001", "model_not_found", 404, False, "Unknown model identifier."),
     _spec(
         "model_not_configured",

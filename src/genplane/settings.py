@@ -6,6 +6,7 @@ a ``.env`` file) so one process image serves any deployment; the README lists th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +47,23 @@ class Settings(BaseSettings):
     error_shape: Literal["auto", "flat", "nested"] = "auto"
     host: str = "127.0.0.1"
     port: int = 8000
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a connection has to send a complete request head, after connecting and after "
+        "each response; then it is closed.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long an idle keep-alive connection is kept open."
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Client connections per process; a connection beyond it is closed at once."
+    )
+    fd_reserve: int = Field(
+        256,
+        ge=0,
+        description="File descriptors kept free of connections, for the database, files and providers.",
+    )
 
     run_worker: bool = Field(True, description="Run the generation worker inside `serve`.")
     worker_concurrency: int = Field(16, ge=1, le=4096)
@@ -145,7 +163,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="Longest time one API request may take, body upload included (file downloads "
-        "excepted); then bse_internal_error, retryable.",
+        "excepted); then 408 bse_request_timeout while the body is still arriving, else 500 "
+        "bse_internal_error; both retryable.",
     )
     rate_limit_per_minute: int = Field(
         600,
@@ -157,7 +176,22 @@ class Settings(BaseSettings):
         description="Per plan (or '*' for every plan), requests per account per minute by route group, "
         'e.g. {"standard": {"generate": 120, "read": 1200}}; groups left out use rate_limit_per_minute.',
     )
-    auth_failures_per_minute: int = Field(30, ge=1, description="Failed authentications per IP per minute.")
+    auth_failures_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Failed authentications per minute per client IP and presented key (none counts as one).",
+    )
+    auth_failures_per_ip_per_minute: int = Field(
+        300,
+        ge=1,
+        description="Failed authentications per client IP per minute, all keys together; over it, requests "
+        "whose key does not authenticate are refused without a 401, and keys that do are still served.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For names the client; "
+        "comma-separated or a JSON list. Empty: the socket's peer is the client.",
+    )
     max_inflight_generations: int = Field(
         50, ge=1, description="Non-terminal generations per account, unless the plan has its own cap."
     )
@@ -165,7 +199,21 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per plan (or '*'), non-terminal generations per account, e.g. {\"standard\": 10}.",
     )
-    idempotency_ttl_hours: int = 24
+    idempotency_ttl_hours: int = Field(
+        24, ge=1, description="How long a stored create answer is replayed; older records are purged."
+    )
+    attempt_retention_days: int = Field(
+        30, ge=1, description="Provider attempts (routing, health, spend history) older than this are purged."
+    )
+    usage_retention_days: int = Field(
+        400, ge=90, description="Daily request counters older than this are purged (/v1/usage reads 90 days)."
+    )
+    janitor_interval_seconds: float = Field(
+        300.0, gt=0, description="How often a worker purges history past its retention."
+    )
+    janitor_batch_rows: int = Field(
+        2000, ge=1, description="Rows one purge statement deletes; each batch is its own short transaction."
+    )
     idempotency_stale_seconds: float = Field(
         120.0, gt=0, description="An unfinished idempotency claim older than this is abandoned."
     )
@@ -236,6 +284,23 @@ class Settings(BaseSettings):
         description="Patterns that block the offending key for firewall_block_seconds: a comma-separated "
         "or JSON list of id_enumeration, polling_storm, failed_create_burst, or 'all'; empty blocks nothing.",
     )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: Any) -> Any:
+        """A comma-separated list or a JSON list; each entry an IP address or a network."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
+        if isinstance(value, list | tuple):
+            entries = [str(v).strip() for v in value if str(v).strip()]
+            for entry in entries:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from exc
+            return entries
+        return value
 
     @field_validator("anomaly_auto_block", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.accounts.auth_cache import AuthCache, KeyState, forget
 from genplane.accounts.keys import (
@@ -113,6 +114,22 @@ async def create_key(
     allowed_ips: list[str] | None = None,
     rotated_from_id: str | None = None,
 ) -> IssuedKey:
+    issued = _new_key(settings, account_id, name, scopes, expires_at, allowed_ips, rotated_from_id)
+    async with db.write() as s:
+        await _add_key(s, issued.record)
+    return issued
+
+
+def _new_key(
+    settings: Settings,
+    account_id: str,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+    allowed_ips: list[str] | None,
+    rotated_from_id: str | None,
+) -> IssuedKey:
+    """A key and its unsaved record, so rotation can save it in its own transaction."""
     if not 1 <= len(name) <= 100:
         raise ValueError("a key name is 1 to 100 characters")
     allowlist = normalise_allowlist(allowed_ips or [])
@@ -131,12 +148,14 @@ async def create_key(
         revoked_at=None,
         rotated_from_id=rotated_from_id,
     )
-    async with db.write() as s:
-        account = await s.get(Account, account_id)
-        if account is None or account.deleted_at is not None:
-            raise ValueError(f"no account {account_id}")
-        s.add(record)
     return IssuedKey(key=key, record=record)
+
+
+async def _add_key(s: AsyncSession, record: ApiKey) -> None:
+    account = await s.get(Account, record.account_id)
+    if account is None or account.deleted_at is not None:
+        raise ValueError(f"no account {record.account_id}")
+    s.add(record)
 
 
 async def list_keys(db: Database, account_id: str | None = None) -> list[ApiKey]:
@@ -157,30 +176,50 @@ async def revoke_key(db: Database, key_id: str) -> bool:
 
 
 async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours: int = 24) -> IssuedKey:
-    """Issue a successor with the same name, scopes and limits; the old key lives ``grace_hours`` more."""
+    """Issue a successor with the same name, scopes and limits; the old key lives ``grace_hours`` more.
+
+    Refused while an earlier successor is live: a second one would leave two working
+    keys where the operator meant to replace one, and revoking "the new key" would not
+    end the other. The check and the new key share one transaction (the old key's row
+    locked), so two rotations at once cannot both pass it.
+    """
     if not 1 <= grace_hours <= 168:
         raise ValueError("the grace period is 1 to 168 hours")
-    async with db.read() as s:
-        old = await s.get(ApiKey, key_id)
-    if (
-        old is None
-        or old.revoked_at is not None
-        or (old.expires_at is not None and as_utc(old.expires_at) <= utcnow())
-    ):
-        raise ValueError(f"no active key {key_id}")
-    issued = await create_key(
-        db,
-        settings,
-        old.account_id,
-        old.name,
-        list(old.scopes),
-        expires_at=old.expires_at,
-        allowed_ips=list(old.allowed_ips),
-        rotated_from_id=old.id,
-    )
-    grace_end = utcnow() + timedelta(hours=grace_hours)
-    new_expiry = grace_end if old.expires_at is None else min(as_utc(old.expires_at), grace_end)
     async with db.write() as s:
+        now = utcnow()
+        old = (await s.scalars(select(ApiKey).where(ApiKey.id == key_id).with_for_update())).first()
+        if old is None or old.revoked_at is not None or (
+            old.expires_at is not None and as_utc(old.expires_at) <= now
+        ):
+            raise ValueError(f"no active key {key_id}")
+        successor = (
+            await s.scalars(
+                select(ApiKey.id)
+                .where(
+                    ApiKey.rotated_from_id == key_id,
+                    ApiKey.revoked_at.is_(None),
+                    (ApiKey.expires_at.is_(None)) | (ApiKey.expires_at > now),
+                )
+                .order_by(ApiKey.created_at)
+            )
+        ).first()
+        if successor is not None:
+            raise ValueError(
+                f"key {key_id} was already rotated: its successor {successor} is live; "
+                "rotate the successor instead, or revoke it first"
+            )
+        issued = _new_key(
+            settings,
+            old.account_id,
+            old.name,
+            list(old.scopes),
+            old.expires_at,
+            list(old.allowed_ips),
+            old.id,
+        )
+        await _add_key(s, issued.record)
+        grace_end = now + timedelta(hours=grace_hours)
+        new_expiry = grace_end if old.expires_at is None else min(as_utc(old.expires_at), grace_end)
         await s.execute(update(ApiKey).where(ApiKey.id == old.id).values(expires_at=new_expiry))
     forget(key_id=old.id)
     return issued
@@ -238,6 +277,13 @@ class Authenticator:
             key_last_used_at=last_used,
             key_expires_at=state.expires_at,
         )
+
+    async def account_of(self, authorization: str | None, client_ip: str | None) -> str | None:
+        """The account of a key that authenticates from ``client_ip``; None for any failure."""
+        try:
+            return (await self.authenticate(authorization, client_ip)).account_id
+        except ApiError:
+            return None
 
     async def _load(self, key_hash: str) -> KeyState:
         async with self.db.read() as s:

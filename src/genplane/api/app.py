@@ -10,6 +10,7 @@ import httpx
 import structlog
 from fastapi import FastAPI
 from starlette.responses import HTMLResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from genplane import __version__
 from genplane.accounts.service import Authenticator
@@ -132,7 +133,15 @@ def create_app(
         rules = compile_rules(app_spec(app), (path for path, _, _ in route_table(app)))
         svc: Services = app.state.services
         app.add_middleware(
-            FirewallMiddleware, rules=rules, settings=settings, store=svc.blocklist, usage=svc.usage
+            FirewallMiddleware,
+            rules=rules,
+            settings=settings,
+            store=svc.blocklist,
+            usage=svc.usage,
+            verify_key=svc.authenticator.account_of,
         )
     app.add_middleware(EdgeMiddleware, guard_body=not settings.firewall_enabled)
+    if settings.trusted_proxies:
+        # Outermost: the forwarded client address is in place before anything reads it.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -10,6 +10,7 @@ from fastapi import Request
 from genplane.accounts.scopes import Scope
 from genplane.accounts.service import AuthContext
 from genplane.api.blocklist import key_subject
+from genplane.api.client_address import client_ip
 from genplane.api.ratelimit import route_group
 from genplane.api.services import Services
 from genplane.errors import ApiError
@@ -20,10 +21,6 @@ def services(request: Request) -> Services:
     return svc
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def require(scope: Scope) -> Callable[[Request], Awaitable[AuthContext]]:
     """Authenticate, rate-limit (per account and route group) and check ``scope``.
 
@@ -32,14 +29,17 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[AuthContext]]:
 
     async def dependency(request: Request) -> AuthContext:
         svc = services(request)
-        ip = client_ip(request)
-        await svc.limiter.check_auth_ip(ip)
+        ip = client_ip(request.scope)
         authorization = request.headers.get("authorization")
+        presented = key_subject(authorization) if authorization else "none"
+        ip_over_ceiling = await svc.limiter.check_auth(ip, presented)
         try:
             auth = await svc.authenticator.authenticate(authorization, ip)
         except ApiError as exc:
             if exc.name in ("bse_invalid_api_key", "bse_region_mismatch", "bse_authentication_required"):
-                await svc.limiter.record_auth_failure(ip)
+                await svc.limiter.record_auth_failure(ip, presented)
+                if ip_over_ceiling:
+                    raise await svc.limiter.ip_limited(ip) from exc
             raise
         if svc.settings.anomaly_auto_block and not svc.settings.firewall_enabled and authorization:
             # Blocks are answered by the firewall; without it, keys blocked for an anomaly are refused here.

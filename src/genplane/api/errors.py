@@ -77,7 +77,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return _respond(request, ApiError("bse_database_error"))
 
     async def on_storage(request: Request, exc: Exception) -> Response:
-        log.error("storage_error", error=repr(exc), path=request.url.path)
+        # The detail names local paths: the log gets it, the client the registry's message.
+        assert isinstance(exc, StorageError)
+        log.error(
+            "storage_error",
+            request_id=request.scope.get("state", {}).get("request_id"),
+            path=request.url.path[:256],
+            error=exc.summary,
+            detail=exc.detail,
+        )
         return _respond(request, ApiError("bse_storage_error"))
 
     app.add_exception_handler(ApiError, on_api_error)

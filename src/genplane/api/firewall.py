@@ -21,7 +21,10 @@ Each rejection is logged (``firewall_rejected``: key prefix, IP, method, path, r
 and counted against its subject (see :mod:`genplane.api.blocklist`): the caller's key
 when that key has authenticated before, otherwise the client IP. A subject over the
 threshold is blocked for a cool-down: every request from it is answered
-``bse_request_blocked`` (403, ``Retry-After``) before anything else.
+``bse_request_blocked`` (403, ``Retry-After``) before anything else. An address block
+holds only requests without a working key: a key this process has not seen work yet is
+looked up (``verify_key``) and, if it works, judged as itself, so one abuser behind a
+NAT cannot lock out every tenant behind it.
 
 Not checked here, on purpose: the model-specific rules of a generation body (the
 generation service owns them) and headers the document does not declare (clients
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -44,6 +47,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genplane.api.blocklist import FirewallStore, ip_subject, key_subject
+from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
 from genplane.errors import ApiError, invalid_input
 from genplane.generations.request import MAX_BODY_BYTES
@@ -432,6 +436,10 @@ def _key_prefix(token: str | None) -> str | None:
     return token[:9] if len(token) >= 16 else "(short)"
 
 
+#: (Authorization header, client IP) -> the account of a key that authenticates from there, else None.
+KeyVerifier = Callable[[str | None, str], Awaitable[str | None]]
+
+
 class FirewallMiddleware:
     """Pure ASGI; runs inside EdgeMiddleware (request ids exist) and before the router."""
 
@@ -442,8 +450,10 @@ class FirewallMiddleware:
         settings: Settings,
         store: FirewallStore,
         usage: UsageRecorder | None = None,
+        verify_key: KeyVerifier | None = None,
     ) -> None:
         self.app = app
+        self.verify_key = verify_key
         self.rules = rules
         self.store = store
         self.usage = usage
@@ -469,7 +479,8 @@ class FirewallMiddleware:
             if size > self.max_header_line:
                 oversized = name
             if name == b"authorization":
-                authorization = value
+                if authorization is None:  # the first, as every other reader takes it
+                    authorization = value
             elif name == b"content-type":
                 content_type = value
             elif name == b"content-length":
@@ -481,13 +492,20 @@ class FirewallMiddleware:
         if authorization is not None and authorization[:7].lower() == b"bearer ":
             token = authorization[7:].strip().decode("latin-1") or None
         key = key_subject(token) if token is not None else None
-        client = scope.get("client")
-        ip = str(client[0]) if client else "unknown"
+        ip = client_ip(scope)
         store = self.store
         account = await store.verified_account(key) if key is not None else None
         subject = key if account is not None and key is not None else ip_subject(ip)
 
         blocked = await store.blocked_for(subject)
+        if blocked > 0 and key is not None and account is None and self.verify_key is not None:
+            # An address block is for requests without a working key: behind one NAT, one abuser
+            # must not lock out every tenant. A key this process has not seen work yet is tried.
+            account = await self.verify_key(authorization.decode("latin-1") if authorization else None, ip)
+            if account is not None:
+                await store.mark_verified(key, account)
+                subject = key
+                blocked = await store.blocked_for(subject)
         if blocked > 0:
             retry = max(1, math.ceil(blocked))
             err = ApiError(

@@ -13,9 +13,11 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genplane.accounts.service import AuthContext
-from genplane.api.blocklist import key_subject
+from genplane.api.blocklist import ip_subject, key_subject
+from genplane.api.client_address import client_ip
 from genplane.api.envelope import new_request_id
 from genplane.api.errors import render_error
+from genplane.api.repeated_headers import first_repeated, repeated_header_error
 from genplane.api.services import Services
 from genplane.errors import ApiError
 from genplane.generations.request import MAX_BODY_BYTES
@@ -55,9 +57,28 @@ class EdgeMiddleware:
             await send(message)
 
         request_headers = Headers(scope=scope)
+        # Whether the request body's last chunk has arrived: a timeout before it is the
+        # client's (408, send again), after it genplane's own (500). A request without
+        # Content-Length or Transfer-Encoding has no body to wait for.
+        has_body = request_headers.get("content-length", "0") != "0" or "transfer-encoding" in request_headers
+        body_received = not has_body
+
+        async def receive_wrapper() -> Message:
+            nonlocal body_received
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_received = True
+            return message
+
         try:
+            repeated = first_repeated(scope["headers"])
             length = request_headers.get("content-length") if self.guard_body else None
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            if repeated is not None:
+                await _refuse_repeated(services, scope, request_id, repeated)
+                await render_error(
+                    state, services.settings.error_shape, request_headers, repeated_header_error(repeated)
+                )(scope, receive, send_wrapper)
+            elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 err = ApiError("bse_payload_too_large") if length.isdigit() else ApiError("bse_invalid_input")
                 await render_error(state, services.settings.error_shape, request_headers, err)(
                     scope, receive, send_wrapper
@@ -67,12 +88,24 @@ class EdgeMiddleware:
                 is_download = scope["path"].startswith("/files/")
                 limit = None if is_download else services.settings.request_timeout_seconds
                 async with asyncio.timeout(limit):
-                    await self.app(scope, receive, send_wrapper)
+                    await self.app(scope, receive_wrapper, send_wrapper)
         except TimeoutError:
             seconds = services.settings.request_timeout_seconds
-            log.warning("request_timeout", request_id=request_id, path=scope.get("path"), seconds=seconds)
+            log.warning(
+                "request_timeout",
+                request_id=request_id,
+                path=scope.get("path"),
+                seconds=seconds,
+                waiting_for="handler" if body_received else "body",
+            )
             if not started:
-                err = ApiError("bse_internal_error", f"The request took longer than {seconds:g} s; retry it.")
+                if body_received:
+                    err = ApiError(
+                        "bse_internal_error", f"The server did not finish the request within {seconds:g} s."
+                    )
+                else:
+                    # The rest of the body may still be on its way: the connection cannot be reused.
+                    err = ApiError("bse_request_timeout", headers={"Connection": "close"})
                 await render_error(state, services.settings.error_shape, request_headers, err)(
                     scope, receive, send_wrapper
                 )
@@ -95,6 +128,24 @@ class EdgeMiddleware:
                     await _observe(
                         services, scope, request_headers, auth, route, method, path, endpoint, status
                     )
+
+
+async def _refuse_repeated(services: Services, scope: Scope, request_id: str, header: str) -> None:
+    """Log and count the rejection against the client's address: which key it came with is ambiguous."""
+    ip = client_ip(scope)
+    log.warning(
+        "firewall_rejected",
+        request_id=request_id,
+        ip=ip,
+        method=scope["method"],
+        path=str(scope["path"])[:256],
+        reason="repeated_header",
+        error="bse_invalid_input",
+        field=header,
+    )
+    started = await services.blocklist.record_rejection(ip_subject(ip))
+    if started:
+        log.warning("firewall_blocked", ip=ip, subject="ip", seconds=started)
 
 
 async def _observe(

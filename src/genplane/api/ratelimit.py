@@ -1,6 +1,11 @@
 """Per-account request rates by route group and plan, and per-IP failed-authentication rates,
 on the `limits` library.
 
+Failed authentications are counted per client IP *and* presented credential (a digest of
+the ``Authorization`` value, or none), with a higher ceiling for the IP as a whole: a
+client that keeps failing is refused before any key look-up, while other keys behind the
+same address (a NAT, a proxy) keep working.
+
 Each account has one window per route group (``generate``, ``read``, ``library``), so a
 client that exhausts its reads can still create, and the reverse. The size of each window
 comes from the account's plan (``GENPLANE_RATE_LIMITS``), falling back to
@@ -64,6 +69,7 @@ class RequestLimiter:
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._items: dict[tuple[str, RouteGroup], RateLimitItem] = {}
         self._auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_minute)
+        self._ip_auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_ip_per_minute)
 
     def item(self, plan: str, group: RouteGroup) -> RateLimitItem:
         found = self._items.get((plan, group))
@@ -90,16 +96,28 @@ class RequestLimiter:
             )
         return info
 
-    async def check_auth_ip(self, ip: str) -> None:
-        """Refuse an IP that has failed authentication too often, before any key look-up."""
-        if not await self._limiter.test(self._auth_failures, "authfail", ip):
-            stats = await self._limiter.get_window_stats(self._auth_failures, "authfail", ip)
-            retry = max(1, math.ceil(stats.reset_time - time.time()))
-            raise ApiError(
-                "bse_auth_rate_limited",
-                details={"retry_after_seconds": retry, "limit": self._auth_failures.amount},
-                headers={"Retry-After": str(retry)},
-            )
+    async def check_auth(self, ip: str, presented: str) -> bool:
+        """Before any key look-up: refuse a (client IP, presented credential) pair that has failed
+        too often. Returns whether the IP as a whole is over its ceiling, in which case a failure
+        of this request is refused with :meth:`ip_limited` rather than a 401 (a key that works is
+        still served: one client behind a shared address must not lock out the others)."""
+        item = self._auth_failures
+        if not await self._limiter.test(item, "authfail", ip, presented):
+            raise await self._auth_limited(item, "authfail", ip, presented)
+        return not await self._limiter.test(self._ip_auth_failures, "authfail-ip", ip)
 
-    async def record_auth_failure(self, ip: str) -> None:
-        await self._limiter.hit(self._auth_failures, "authfail", ip)
+    async def ip_limited(self, ip: str) -> ApiError:
+        return await self._auth_limited(self._ip_auth_failures, "authfail-ip", ip)
+
+    async def record_auth_failure(self, ip: str, presented: str) -> None:
+        await self._limiter.hit(self._auth_failures, "authfail", ip, presented)
+        await self._limiter.hit(self._ip_auth_failures, "authfail-ip", ip)
+
+    async def _auth_limited(self, item: RateLimitItem, *identifiers: str) -> ApiError:
+        stats = await self._limiter.get_window_stats(item, *identifiers)
+        retry = max(1, math.ceil(stats.reset_time - time.time()))
+        return ApiError(
+            "bse_auth_rate_limited",
+            details={"retry_after_seconds": retry, "limit": item.amount},
+            headers={"Retry-After": str(retry)},
+        )

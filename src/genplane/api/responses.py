@@ -13,8 +13,9 @@ from genplane.errors import ERRORS
 # What any operation can answer, whatever it does: the edge firewall's refusals (400 for a
 # parameter, header or body that does not fit the document, 413 for a body over 100 KB by
 # Content-Length, 404 for an undeclared method, 403 once a caller is blocked), then
-# authentication, scope and rate limits (401, 403, 404 for a deleted account, 429), and 500.
-_EVERY_OPERATION = (400, 401, 403, 404, 413, 429, 500)
+# authentication, scope and rate limits (401, 403, 404 for a deleted account, 429), 408 for
+# a request whose body did not arrive within the request timeout, and 500.
+_EVERY_OPERATION = (400, 401, 403, 404, 408, 413, 429, 500)
 
 
 def ok(request: Request, data: Any, message: str = "Operation successful", **extra: Any) -> JSONBody:

@@ -82,23 +82,34 @@ def _print_key(key: str, key_id: str, scopes: list[str]) -> None:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings); 0: any free one.")] = None,
+    fd: Annotated[
+        int | None,
+        typer.Option(help="Serve on this inherited, already listening socket (a file descriptor) instead."),
+    ] = None,
 ) -> None:
     """Serve the API (and, unless GENPLANE_RUN_WORKER=false, the worker) in one process."""
-    import uvicorn
-
     from genplane.api.app import create_app
+    from genplane.api.connections import build_server
     from genplane.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-    )
+    api = create_app(settings)
+    try:
+        server = build_server(
+            api,
+            settings,
+            host=host if host is not None else settings.host,
+            port=port if port is not None else settings.port,
+            fd=fd,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl+C, re-raised by uvicorn once it has shut down cleanly
+        pass
 
 
 @app.command()

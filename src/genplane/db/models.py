@@ -154,6 +154,7 @@ class ProviderAttempt(Base):
         Index("ix_attempts_provider_started", "provider", "started_at"),
         Index("ix_attempts_account_started", "account_id", "started_at"),
         Index("ix_attempts_generation", "generation_id"),
+        Index("ix_attempts_started", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -172,6 +173,7 @@ class ProviderAttempt(Base):
 
 class UsageCounter(Base):
     __tablename__ = "usage_counters"
+    __table_args__ = (Index("ix_usage_day", "day"),)
 
     account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)

@@ -5,7 +5,8 @@ a concurrent duplicate sees the claim and gets ``bse_idempotency_in_progress``. 
 response is stored in the same transaction that creates the generation, so a replay
 can never describe a generation that does not exist. A request that fails releases
 its claim (the client may retry with the same key); a claim left by a crash is
-taken over once it is older than ``idempotency_stale_seconds``.
+taken over once it is older than ``idempotency_stale_seconds``. Records older than
+``idempotency_ttl_hours`` are purged by the janitor (:mod:`genplane.jobs.janitor`).
 """
 
 from __future__ import annotations
@@ -104,10 +105,3 @@ async def release(db: Database, account_id: str, key: str) -> None:
                 IdempotencyRecord.state == "in_progress",
             )
         )
-
-
-async def purge_expired(db: Database, settings: Settings) -> int:
-    cutoff = utcnow() - timedelta(hours=settings.idempotency_ttl_hours)
-    async with db.write() as s:
-        res = await s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
-        return int(res.rowcount)  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ from genplane.generations.request import GenerationRequest, check_generation
 from genplane.generations.routing import ProviderRanker
 from genplane.ids import new_id
 from genplane.jobs.fetch import FileFetcher
+from genplane.jobs.orphan_files import drop_unrecorded
 from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
@@ -70,6 +71,37 @@ class GenerationService:
         idempotency_key: str | None,
         request_id: str,
     ) -> CreateResult:
+        # A replay depends on nothing but the stored answer: looked up before any check, so a
+        # provider unconfigured or a price changed since does not change what the retry gets.
+        if idempotency_key is not None:
+            replay = await idempotency.begin(
+                self.db,
+                self.settings,
+                auth.account_id,
+                idempotency_key,
+                idempotency.request_fingerprint("POST", path, raw),
+            )
+            if replay is not None:
+                return CreateResult(replay.status_code, replay.body, True)
+        try:
+            gen, body = await self._admit(auth, media, model_identifier, raw, idempotency_key, request_id)
+        except BaseException:
+            if idempotency_key is not None:
+                await idempotency.release(self.db, auth.account_id, idempotency_key)
+            raise
+        self.worker.enqueue(gen.id)
+        return CreateResult(200, body, False)
+
+    async def _admit(
+        self,
+        auth: AuthContext,
+        media: str,
+        model_identifier: str,
+        raw: bytes,
+        idempotency_key: str | None,
+        request_id: str,
+    ) -> tuple[Generation, bytes]:
+        """Check, route and price the request; record it, its reservation and its stored answer."""
         req = check_generation(self.catalog, media, model_identifier, raw)
         provider_order = await self.route(req)
         urls = [("generation_input_file", url) for url in req.input_file or []]
@@ -84,53 +116,7 @@ class GenerationService:
             resolution=req.resolution,
             audio=bool(req.generate_audio),
         )
-        if idempotency_key is not None:
-            replay = await idempotency.begin(
-                self.db,
-                self.settings,
-                auth.account_id,
-                idempotency_key,
-                idempotency.request_fingerprint("POST", path, raw),
-            )
-            if replay is not None:
-                return CreateResult(replay.status_code, replay.body, True)
-        now = utcnow()
-        gen = Generation(
-            id=new_id(),
-            account_id=auth.account_id,
-            model_identifier=req.model.model_identifier,
-            model_type=req.model.model_type,
-            status="pending",
-            provider_order=provider_order,
-            provider_used=None,
-            prediction_id=new_id(),
-            prompt=req.prompt,
-            ratio=req.ratio,
-            output_format=req.output_format,
-            output_number=req.output_number,
-            input_file=req.input_file,
-            input_file_last_content=req.input_file_last_content,
-            duration=req.duration,
-            resolution=req.resolution,
-            generate_audio=req.generate_audio,
-            specific=req.specific,
-            output_files=None,
-            error=None,
-            error_code=None,
-            provider_errors=None,
-            cost_millis=cost,
-            credits_settled=False,
-            created_at=now,
-            started_at=None,
-            completed_at=None,
-            metrics_total_time=None,
-            metrics_predict_time=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            claims=0,
-            provider_state=None,
-            updated_at=now,
-        )
+        gen = _new_generation(auth.account_id, req, provider_order, cost)
         data = {
             "model_identifier": gen.model_identifier,
             "generation_provider_order": gen.provider_order,
@@ -139,31 +125,25 @@ class GenerationService:
             "generation_initialized": True,
         }
         body = dumps(success_body(request_id, data, "Generation initialized"))
-        try:
-            async with self.db.write() as s:
-                inflight = await s.scalar(
-                    select(func.count())
-                    .select_from(Generation)
-                    .where(Generation.account_id == auth.account_id, Generation.status.in_(repo.ACTIVE))
+        async with self.db.write() as s:
+            inflight = await s.scalar(
+                select(func.count())
+                .select_from(Generation)
+                .where(Generation.account_id == auth.account_id, Generation.status.in_(repo.ACTIVE))
+            )
+            cap = self.settings.max_inflight_for(auth.plan)
+            if (inflight or 0) >= cap:
+                raise ApiError(
+                    "bse_concurrency_limit_exceeded",
+                    f"{inflight} generations are in flight; the limit is {cap}.",
+                    details={"limit": cap, "retry_after_seconds": 1},
+                    headers={"Retry-After": "1"},
                 )
-                cap = self.settings.max_inflight_for(auth.plan)
-                if (inflight or 0) >= cap:
-                    raise ApiError(
-                        "bse_concurrency_limit_exceeded",
-                        f"{inflight} generations are in flight; the limit is {cap}.",
-                        details={"limit": cap, "retry_after_seconds": 1},
-                        headers={"Retry-After": "1"},
-                    )
-                s.add(gen)
-                await reserve(s, auth.account_id, gen.id, cost)
-                if idempotency_key is not None:
-                    await idempotency.complete(s, auth.account_id, idempotency_key, 200, body)
-        except BaseException:
+            s.add(gen)
+            await reserve(s, auth.account_id, gen.id, cost)
             if idempotency_key is not None:
-                await idempotency.release(self.db, auth.account_id, idempotency_key)
-            raise
-        self.worker.enqueue(gen.id)
-        return CreateResult(200, body, False)
+                await idempotency.complete(s, auth.account_id, idempotency_key, 200, body)
+        return gen, body
 
     async def route(self, req: GenerationRequest) -> list[str]:
         """The chain a new generation will try: explicit as sent, or ranked for ``fastest``."""
@@ -234,6 +214,8 @@ class GenerationService:
             if canceled is not None:
                 await emit(s, gen.account_id, "generation.canceled", generation_data(canceled, refunded))
         sent = await self._cancel_upstream(gen)
+        # A job stopped between storing and finishing leaves outputs no canceled record lists.
+        await drop_unrecorded(self.db, self.store, gen.id)
         return {
             "generation_id": gen.id,
             "generation_status": "canceled",
@@ -264,3 +246,45 @@ class GenerationService:
             if row is not None:
                 await s.delete(row)
         return {"generation_id": gen.id, "files_deleted": files}
+
+
+def _new_generation(
+    account_id: str, req: GenerationRequest, provider_order: list[str], cost: int
+) -> Generation:
+    now = utcnow()
+    return Generation(
+        id=new_id(),
+        account_id=account_id,
+        model_identifier=req.model.model_identifier,
+        model_type=req.model.model_type,
+        status="pending",
+        provider_order=provider_order,
+        provider_used=None,
+        prediction_id=new_id(),
+        prompt=req.prompt,
+        ratio=req.ratio,
+        output_format=req.output_format,
+        output_number=req.output_number,
+        input_file=req.input_file,
+        input_file_last_content=req.input_file_last_content,
+        duration=req.duration,
+        resolution=req.resolution,
+        generate_audio=req.generate_audio,
+        specific=req.specific,
+        output_files=None,
+        error=None,
+        error_code=None,
+        provider_errors=None,
+        cost_millis=cost,
+        credits_settled=False,
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        metrics_total_time=None,
+        metrics_predict_time=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        claims=0,
+        provider_state=None,
+        updated_at=now,
+    )

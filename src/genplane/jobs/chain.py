@@ -9,7 +9,9 @@ usage are all computed from those records.
 Three rules keep money from leaking:
 
 - a job interrupted by a restart resumes *waiting* on the prediction it had already
-  started (the id is in ``provider_state``) instead of paying for a second one;
+  started (the id is in ``provider_state``) instead of paying for a second one; only a
+  synchronous provider's result, held by the process that died, is asked for again
+  (:class:`PredictionLost`: the provider is not at fault, no failure is recorded);
 - on a deadline or a cancel the upstream job is canceled where the provider allows;
 - a download that fails after the provider finished is retried (``fetch_output``)
   before the attempt counts as failed.
@@ -34,6 +36,7 @@ from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.media import in_requested_format
 from genplane.providers.base import (
     InputImage,
+    PredictionLost,
     ProviderAdapter,
     ProviderError,
     ProviderJob,
@@ -219,10 +222,16 @@ class ProviderChain:
         ends = time.monotonic() + deadline
         try:
             async with asyncio.timeout(deadline):
-                if prediction_id is None:
+                result = None
+                if prediction_id is not None:  # resumed after a restart
+                    try:
+                        result = await adapter.wait(job, prediction_id)
+                    except PredictionLost:
+                        log.info("prediction_lost", provider=adapter.provider_id, prediction_id=prediction_id)
+                if result is None:
                     prediction_id = await self._submit(adapter, job, ends)
                     await note_prediction(adapter.provider_id, prediction_id)
-                result = await adapter.wait(job, prediction_id)
+                    result = await adapter.wait(job, prediction_id)
         except TimeoutError as exc:
             if prediction_id:
                 await self._cancel_upstream(adapter, prediction_id)
@@ -231,6 +240,7 @@ class ProviderChain:
                 f"{adapter.provider_id} did not finish within {deadline:.0f} s.",
                 retryable=True,
             ) from exc
+        assert prediction_id is not None  # submitted or resumed: either way an id is known
         if not result.outputs:
             raise ProviderError("bse_provider_error", f"{adapter.provider_id} returned no output.", True)
         return prediction_id, result

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -88,7 +89,7 @@ class _Failure(Exception):
 
     def __init__(
         self,
-        kind: Literal["unsafe", "unreachable", "status", "too_big", "redirects"],
+        kind: Literal["unsafe", "unreachable", "status", "too_big", "redirects", "broken"],
         message: str,
         *,
         status: int | None = None,
@@ -150,9 +151,11 @@ def _inspect_image(data: bytes, pil_format: str) -> _Image:
     except _ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise _ImageError("too_large", f"the image has too many pixels ({exc})") from exc
-    except Exception as exc:  # Pillow raises many types for corrupt files
-        raise _ImageError("load", f"the {pil_format} image could not be decoded ({exc})") from exc
+        log.info("fetch.image_refused", format=pil_format, error=str(exc))
+        raise _ImageError("too_large", "the image has too many pixels") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt files; their text is log-only
+        log.info("fetch.image_undecodable", format=pil_format, error=repr(exc))
+        raise _ImageError("load", f"the {pil_format} image could not be decoded") from exc
     return _Image(width, height)
 
 
@@ -397,7 +400,9 @@ class FileFetcher:
                 addresses = await self.resolver(host, port)
         except TimeoutError:
             raise _Failure("unreachable", f"the host {host} could not be resolved in time") from None
-        except OSError:
+        except Exception:
+            # OSError from getaddrinfo, but also UnicodeError for a name the IDNA codec
+            # refuses (a label over 63 characters): either way the host has no address.
             raise _Failure("unreachable", f"the host {host} could not be resolved") from None
         if not addresses:
             raise _Failure("unreachable", f"the host {host} could not be resolved")
@@ -425,6 +430,18 @@ class FileFetcher:
                 return await self._follow(url, max_bytes)
         except TimeoutError:
             raise _Failure("unreachable", f"the download took longer than {self.timeout:g} s") from None
+        except _Failure:
+            raise
+        except Exception as exc:
+            # Whatever escaped the specific handlers (an httpx or Pillow corner case, a
+            # bug) must still end as a fetch error: an exception leaving the fetcher
+            # crashes the job, which is then re-claimed and crashes again. Its text may
+            # hold paths or library internals, so it goes to the log only.
+            # No traceback: exception texts and frames can hold the full URL, signature included.
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else None
+            log.warning("fetch.unexpected_error", url=redact(url), error=type(exc).__name__, at=where)
+            raise _Failure("broken", "the download failed") from None
 
     async def _follow(self, url: str, max_bytes: int) -> bytes:
         current: str | httpx.URL = url
@@ -446,24 +463,45 @@ class FileFetcher:
         last_error: Exception | None = None
         for request_url in target.requests:
             try:
-                async with self.client.stream(
+                request = self.client.build_request(
                     "GET",
                     request_url,
                     headers={**target.headers, "Accept-Encoding": "identity"},
                     extensions=target.extensions or None,
-                    follow_redirects=False,
-                ) as response:
-                    return await self._read(target, response, max_bytes)
+                )
+            except Exception:
+                raise _Failure("unsafe", "the URL is not valid") from None
+            try:
+                response = await self.client.send(request, stream=True, follow_redirects=False)
+            except httpx.InvalidURL:
+                # The request itself was built above, so this is httpx preparing the
+                # redirect it will not follow: it cannot for a Location with a scheme
+                # but no host (data:, javascript:, mailto:, http:x).
+                raise _Failure("unsafe", "the server redirected to a URL that cannot be fetched") from None
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Try the host's next checked address, as a browser would.
                 last_error = exc
                 continue
-            except httpx.TimeoutException as exc:
-                raise _Failure("unreachable", f"the server timed out ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:
-                raise _Failure("unreachable", f"the connection failed ({type(exc).__name__})") from None
+            except httpx.HTTPError as exc:
+                raise self._transport_failure(exc) from None
+            try:
+                return await self._read(target, response, max_bytes)
+            except httpx.HTTPError as exc:
+                raise self._transport_failure(exc) from None
+            finally:
+                await response.aclose()
         name = type(last_error).__name__ if last_error else "no address"
         raise _Failure("unreachable", f"could not connect to {target.url.host} ({name})")
+
+    @staticmethod
+    def _transport_failure(exc: httpx.HTTPError) -> _Failure:
+        """Name the exception's type only: its text can carry library internals."""
+        if isinstance(exc, httpx.TimeoutException):
+            return _Failure("unreachable", f"the server timed out ({type(exc).__name__})")
+        if isinstance(exc, httpx.TransportError):
+            return _Failure("unreachable", f"the connection failed ({type(exc).__name__})")
+        # DecodingError, TooManyRedirects and the like: the server answered, but badly.
+        return _Failure("broken", f"the server's answer could not be read ({type(exc).__name__})")
 
     async def _read(self, target: Target, response: httpx.Response, max_bytes: int) -> bytes | str:
         status = response.status_code

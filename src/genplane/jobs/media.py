@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import io
 
+import structlog
 from PIL import Image
 
 from genplane.mediatypes import sniff
 from genplane.providers.base import ProviderError, ProviderOutput
+
+log = structlog.get_logger("genplane.media")
 
 _PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -47,6 +50,8 @@ async def in_requested_format(output: ProviderOutput, model_type: str, fmt: str)
     try:
         data = await asyncio.to_thread(_reencode, output.data, fmt)
     except (OSError, ValueError) as exc:
-        message = f"The provider's image could not be decoded: {exc}"
+        # Pillow's text (an object repr, sometimes a path) is for the log; tenants see the gist.
+        log.info("media.reencode_failed", format=found.ext, target=fmt, error=repr(exc))
+        message = f"The provider's {found.ext} image could not be decoded."
         raise ProviderError("bse_provider_error", message, retryable=True) from exc
     return ProviderOutput(ext=fmt, content_type=_CONTENT_TYPES[fmt], data=data)

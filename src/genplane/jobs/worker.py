@@ -5,12 +5,14 @@ whoever claims its lease, a heartbeat keeps the lease while the job runs, and th
 sweeper re-queues every active job whose lease has lapsed (a crashed worker, a
 restart), so no generation stays ``processing`` forever. A job claimed more than
 ``max_job_claims`` times is failed and refunded rather than retried without end.
+Stored files follow the record: whatever a job stored that its record does not list
+(canceled, failed, re-claimed) is deleted, here as jobs end and by the sweep after a
+crash (:mod:`genplane.jobs.orphan_files`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.catalog.loader import Catalog
@@ -30,12 +33,17 @@ from genplane.generations import repository as repo
 from genplane.ids import new_id
 from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
 from genplane.jobs.fetch import FileFetcher
+from genplane.jobs.janitor import Janitor
+from genplane.jobs.orphan_files import FileSweep, drop_unrecorded
 from genplane.providers.base import ProviderAdapter, ProviderOutput
 from genplane.settings import Settings
 from genplane.storage.store import FileStore, StorageError, StoredFile
 from genplane.webhooks.outbox import emit, generation_data
 
 log = structlog.get_logger("genplane.worker")
+
+#: What a tenant is told when a job failed on something genplane did not foresee.
+UNEXPECTED_FAILURE = "The generation failed because of an internal error."
 
 
 class Worker:
@@ -61,6 +69,8 @@ class Worker:
         self._user_canceled: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
         self.on_terminal: Callable[[str], Awaitable[None]] | None = None
+        self.file_sweep = FileSweep(db, store)
+        self.janitor = Janitor(db, settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,6 +118,8 @@ class Worker:
             ids = await repo.due_for_work(s)
         for gid in ids:
             self.enqueue(gid)
+        await self.file_sweep.run()  # stored files no record lists, a batch per tick
+        await self.janitor.run_if_due()  # history past its retention, every janitor interval
         return len(ids)
 
     async def _sweep_forever(self) -> None:
@@ -148,6 +160,9 @@ class Worker:
                 None,
             )
             return
+        if gen.claims > 1:
+            # Claimed again after a lapsed lease: what the earlier attempt stored is no one's.
+            await self._drop_files(gid)
         me = asyncio.current_task()
         assert me is not None
         heartbeat = asyncio.create_task(self._heartbeat(gid, me))
@@ -155,6 +170,20 @@ class Worker:
             await self._execute(gen)
         except ChainFailed as failed:
             await self._fail(gen, failed.error, failed.message, failed.provider_errors)
+        except asyncio.CancelledError:
+            # Canceled, taken over or shut down, maybe between storing and finishing.
+            await asyncio.shield(self._drop_files(gid))
+            raise
+        except OperationalError:
+            # The database, not the job, is at fault (locked, connection lost): let the
+            # lease lapse so the sweeper runs the job again once the database is back.
+            raise
+        except Exception:
+            # A bug hit by this job would hit it again on every re-claim, holding the
+            # tenant's credits until the claim limit: fail it now. The exception's text
+            # is for the log only; it can hold paths and library internals.
+            log.exception("job_failed_unexpectedly", generation_id=gid)
+            await self._fail(gen, "bse_internal_error", UNEXPECTED_FAILURE, None)
         finally:
             heartbeat.cancel()
 
@@ -225,10 +254,16 @@ class Worker:
                     )
                     break
                 except StorageError as exc:
+                    # The detail names local paths: the log gets it, the tenant a stable message.
+                    log.warning(
+                        "output_store_failed",
+                        generation_id=gen.id,
+                        attempt=attempt + 1,
+                        error=exc.summary,
+                        detail=exc.detail,
+                    )
                     if attempt == 2:
-                        raise ChainFailed(
-                            "bse_storage_error", f"Storing an output failed: {exc}", []
-                        ) from exc
+                        raise ChainFailed("bse_storage_error", "Storing an output failed.", []) from exc
                     await asyncio.sleep(0.2 * (attempt + 1))
         return stored
 
@@ -262,11 +297,20 @@ class Worker:
                 cost_millis=gen.cost_millis,  # paid upstream either way; wasted when discarded
             )
         if not won:
-            # Canceled (or taken over) while the provider worked: the files belong to nobody.
-            with contextlib.suppress(StorageError):
-                await self.store.delete_generation(gen.id)
+            # Canceled (or taken over) while the provider worked: the files belong to nobody,
+            # unless the job now runs elsewhere, whose worker cleans up when it ends.
+            await self._drop_files(gen.id)
             return
         await self._notify(gen.id)
+        if gen.claims > 1:  # an earlier attempt may still have been storing when re-claimed
+            await self._drop_files(gen.id)
+
+    async def _drop_files(self, gid: str) -> None:
+        """Delete the generation's stored files that its record does not list."""
+        try:
+            await drop_unrecorded(self.db, self.store, gid, self.owner)
+        except Exception:  # the sweep tries again later
+            log.exception("orphan_files_check_failed", generation_id=gid)
 
     async def _fail(
         self, gen: Generation, error: str, message: str, provider_errors: list[dict[str, Any]] | None
@@ -288,6 +332,7 @@ class Worker:
         if won:
             log.info("generation_failed", generation_id=gen.id, error=error)
             await self._notify(gen.id)
+        await self._drop_files(gen.id)  # outputs stored before the failure are not on the record
 
     async def _notify(self, gid: str) -> None:
         if self.on_terminal is not None:

@@ -141,6 +141,12 @@ class ProviderError(Exception):
         return self.error in CHAIN_STOPPING_ERRORS
 
 
+class PredictionLost(ProviderError):
+    """The provider never answered this process for the prediction: its result was held by a
+    process that is gone (synchronous providers). Nothing failed upstream, so the worker
+    submits again to the same provider instead of recording a failure and failing over."""
+
+
 class ProviderAdapter(Protocol):
     provider_id: str
 

@@ -36,11 +36,14 @@ import secrets
 from typing import Any
 from urllib.parse import quote
 
+import structlog
+
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import ProviderHttp, dig
 from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, image_output
 
 PROVIDER = "selfhosted"
+log = structlog.get_logger("genplane.providers.comfyui")
 
 DEFAULT_WORKFLOW: dict[str, Any] = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "{{checkpoint}}"}},
@@ -224,8 +227,17 @@ class ComfyUI:
         if dig(entry, "status", "status_str") == "error" or "execution_error" in events:
             failure = events.get("execution_error") or {}
             where = dig(failure, "node_type") or "a node"
-            what = f"{dig(failure, 'exception_type') or 'error'}: {dig(failure, 'exception_message') or ''}"
-            message = f"ComfyUI failed in {where}: {what}".replace("\n", " ").strip()[:300]
+            kind = dig(failure, "exception_type") or "error"
+            # The exception's text is the server's Python error (file paths on that machine
+            # included): the operator's log gets it, the tenant the node and the error type.
+            log.warning(
+                "comfyui_execution_error",
+                prompt_id=prompt_id,
+                node=str(where)[:100],
+                exception_type=str(kind)[:100],
+                exception_message=str(dig(failure, "exception_message") or "")[:2000],
+            )
+            message = f"ComfyUI failed in {where} ({kind}).".replace("\n", " ").strip()[:300]
             raise ProviderError("bse_provider_error", message, True)
         files = [
             f

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
-from genplane.providers.base import ProviderError, ProviderResult
+from genplane.providers.base import PredictionLost, ProviderError, ProviderResult
 
 if TYPE_CHECKING:
     from genplane.settings import Settings
@@ -247,8 +247,8 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
 class HeldResults:
     """Results of synchronous providers between ``submit`` (which does the work) and ``wait``.
 
-    Held in memory only: after a restart the id is unknown and ``take`` raises a
-    retryable error, so the worker submits again.
+    Held in memory only: after a restart the id is unknown and ``take`` raises
+    :class:`PredictionLost`, so the worker submits again.
     """
 
     def __init__(self, provider: str) -> None:
@@ -262,7 +262,7 @@ class HeldResults:
     def take(self, prediction_id: str) -> ProviderResult:
         result = self._results.pop(prediction_id, None)
         if result is None:
-            raise ProviderError(
+            raise PredictionLost(
                 "bse_provider_error",
                 f"The result of {self.provider} request {prediction_id} was lost in a restart.",
                 retryable=True,

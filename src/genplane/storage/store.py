@@ -2,19 +2,36 @@
 
 The embedded default is a local directory served by the app itself; a later S3
 store implements the same methods. Keys carry a random token, so a file's URL cannot
-be derived from its generation id.
+be derived from its generation id (see :mod:`genplane.storage.keys` for their shape).
+
+Errors keep two texts apart: :class:`StorageError`'s ``str()`` is a short, stable
+summary that may reach tenants; ``detail`` is the library's own text (local paths, a
+Rust debug dump) and belongs in the log only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
+import os
 import secrets
 import time
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import obstore
 from obstore.store import LocalStore
+
+from genplane.storage.keys import TOKEN_BYTES, is_file_key, is_generation_id, new_file_key
+
+if TYPE_CHECKING:
+    from obstore import GetOptions
+
+# The health probe's folders: fresh for every probe, never shaped like a generation id.
+PROBE_PREFIX = "_health-"
 
 
 @dataclass(frozen=True)
@@ -30,11 +47,20 @@ class StorageHealth:
     healthy: bool
     latency_ms: float
     bucket: str
-    error: str | None = None
+    error: str | None = None  # stable, shown to callers
+    detail: str | None = None  # the underlying error, for the log only
 
 
 class StorageError(Exception):
-    """File storage failed; surfaces to clients as bse_storage_error."""
+    """File storage failed; surfaces to clients as bse_storage_error.
+
+    ``str(exc)`` is ``summary``, safe to show anyone; ``detail`` is for the log.
+    """
+
+    def __init__(self, summary: str, detail: str | None = None) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail = detail if detail is not None else summary
 
 
 class FileStore(Protocol):
@@ -42,7 +68,13 @@ class FileStore(Protocol):
         self, generation_id: str, index: int, ext: str, data: bytes, content_type: str
     ) -> StoredFile: ...
     async def read(self, key: str) -> bytes | None: ...
+    async def size(self, key: str) -> int | None: ...
+    async def open(
+        self, key: str, start: int, stop: int, chunk_bytes: int
+    ) -> AsyncIterator[bytes] | None: ...
     async def delete_generation(self, generation_id: str) -> int: ...
+    async def delete_except(self, generation_id: str, keep_keys: Collection[str]) -> int: ...
+    async def generation_ids(self, after: str | None, limit: int) -> list[str]: ...
     async def health(self) -> StorageHealth: ...
 
 
@@ -55,52 +87,163 @@ class LocalFileStore:
         self._store = LocalStore(str(root.resolve()), mkdir=True)
         self._base = public_base_url.rstrip("/")
 
+    # -- writing and reading ---------------------------------------------------------------
     async def put(
         self, generation_id: str, index: int, ext: str, data: bytes, content_type: str
     ) -> StoredFile:
-        key = f"{generation_id}/{secrets.token_urlsafe(24)}/{index}.{ext}"
+        try:
+            key = new_file_key(generation_id, index, ext)
+        except ValueError as exc:
+            raise StorageError("Writing a file to storage failed.", str(exc)) from exc
+        await self._write(key, data)
+        return StoredFile(key=key, url=f"{self._base}/files/{key}", size=len(data), content_type=content_type)
+
+    async def _write(self, key: str, data: bytes) -> None:
+        """The one write path: outputs and the health probe both come through here."""
         try:
             await obstore.put_async(self._store, key, data)
         except Exception as exc:
-            raise StorageError(str(exc)) from exc
-        return StoredFile(key=key, url=f"{self._base}/files/{key}", size=len(data), content_type=content_type)
+            raise StorageError("Writing a file to storage failed.", str(exc)) from exc
 
     async def read(self, key: str) -> bytes | None:
-        if ".." in key.split("/"):
+        """A whole file, or None when ``key`` is not a stored file (malformed keys included)."""
+        if not is_file_key(key):
             return None
+        return await self._read(key)
+
+    async def _read(self, key: str) -> bytes | None:
         try:
             result = await obstore.get_async(self._store, key)
             return bytes(await result.bytes_async())
         except FileNotFoundError:
             return None
         except Exception as exc:
-            raise StorageError(str(exc)) from exc
+            raise StorageError("Reading a stored file failed.", str(exc)) from exc
 
+    async def size(self, key: str) -> int | None:
+        """The file's size in bytes; None when ``key`` is not a stored file."""
+        if not is_file_key(key):
+            return None
+        try:
+            meta = await obstore.head_async(self._store, key)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError("Reading a stored file failed.", str(exc)) from exc
+        return int(meta["size"])
+
+    async def open(self, key: str, start: int, stop: int, chunk_bytes: int) -> AsyncIterator[bytes] | None:
+        """Bytes ``start`` to ``stop`` (exclusive) in chunks of about ``chunk_bytes``, read as
+        they are sent, so a large file never sits in memory whole; None when it is gone."""
+        if not is_file_key(key) or not 0 <= start < stop:
+            return None
+        options: GetOptions = {"range": (start, stop)}
+        try:
+            result = await obstore.get_async(self._store, key, options=options)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise StorageError("Reading a stored file failed.", str(exc)) from exc
+        return _chunks(result.stream(min_chunk_size=chunk_bytes))
+
+    # -- deleting --------------------------------------------------------------------------
     async def delete_generation(self, generation_id: str) -> int:
+        return await self.delete_except(generation_id, ())
+
+    async def delete_except(self, generation_id: str, keep_keys: Collection[str]) -> int:
+        """Delete the generation's files that are not in ``keep_keys``; returns how many.
+
+        A file already gone counts as deleted by someone else (the worker and the sweep may
+        both clean one generation), not as an error.
+        """
+        if not is_generation_id(generation_id):
+            return 0
+        keep = set(keep_keys)
         try:
             items = await obstore.list(self._store, prefix=generation_id).collect_async()
-            paths = [item["path"] for item in items]
-            if paths:
-                await obstore.delete_async(self._store, paths)
         except Exception as exc:
-            raise StorageError(str(exc)) from exc
-        for sub in sorted((self.root / generation_id).glob("**/*"), reverse=True):
-            if sub.is_dir():
-                sub.rmdir()
-        if (self.root / generation_id).is_dir():
-            (self.root / generation_id).rmdir()
-        return len(paths)
+            raise StorageError("Deleting stored files failed.", str(exc)) from exc
+        deleted = 0
+        for item in items:
+            if item["path"] not in keep and await self._remove(item["path"]):
+                deleted += 1
+        await asyncio.to_thread(_prune_empty_dirs, self.root / generation_id)
+        return deleted
 
-    async def health(self) -> StorageHealth:
-        """A live write, read and delete of a probe object."""
-        start = time.perf_counter()
-        key = f"_health/{secrets.token_hex(8)}"
+    # -- listing ---------------------------------------------------------------------------
+    async def generation_ids(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` generation ids that have stored files, in order, after ``after``."""
         try:
-            await obstore.put_async(self._store, key, b"ok")
-            data = await (await obstore.get_async(self._store, key)).bytes_async()
+            return await asyncio.to_thread(_first_generation_dirs, self.root, after, limit)
+        except OSError as exc:
+            raise StorageError("Listing stored files failed.", str(exc)) from exc
+
+    # -- health ----------------------------------------------------------------------------
+    async def health(self) -> StorageHealth:
+        """A live write, read and delete of a probe, shaped and written as a generation's
+        output is: a fresh top-level folder, a nested key, the same write path."""
+        start = time.perf_counter()
+        folder = f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+        key = f"{folder}/{secrets.token_urlsafe(TOKEN_BYTES)}/0.bin"
+        try:
+            await self._probe(key)
+        except StorageError as exc:
+            return StorageHealth(False, _ms_since(start), "local", exc.summary, exc.detail)
+        finally:
+            await asyncio.to_thread(_prune_empty_dirs, self.root / folder)
+        return StorageHealth(True, _ms_since(start), "local")
+
+    async def _probe(self, key: str) -> None:
+        await self._write(key, b"ok")
+        try:
+            data = await self._read(key)
+        finally:
+            await self._remove(key)
+        if data != b"ok":
+            raise StorageError("The storage probe read back different bytes.")
+
+    async def _remove(self, key: str) -> bool:
+        """Delete one file; False when it was already gone."""
+        try:
             await obstore.delete_async(self._store, key)
-            if bytes(data) != b"ok":
-                raise StorageError("probe read back different bytes")
+        except FileNotFoundError:
+            return False
         except Exception as exc:
-            return StorageHealth(False, round((time.perf_counter() - start) * 1000, 3), "local", str(exc))
-        return StorageHealth(True, round((time.perf_counter() - start) * 1000, 3), "local")
+            raise StorageError("Deleting stored files failed.", str(exc)) from exc
+        return True
+
+
+async def _chunks(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as exc:
+        raise StorageError("Reading a stored file failed.", str(exc)) from exc
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _prune_empty_dirs(top: Path) -> None:
+    """Remove ``top`` and the folders under it that are empty (a file still there, or one
+    written meanwhile, keeps its folder)."""
+    if not top.is_dir() or top.is_symlink():
+        return
+    for sub in sorted((p for p in top.glob("**/*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
+def _first_generation_dirs(root: Path, after: str | None, limit: int) -> list[str]:
+    """The ``limit`` smallest generation-id folder names above ``after``, in memory bounded by
+    ``limit`` however many folders there are."""
+    with os.scandir(root) as entries:
+        names = (
+            e.name
+            for e in entries
+            if (after is None or e.name > after) and is_generation_id(e.name) and e.is_dir()
+        )
+        return heapq.nsmallest(limit, names)

@@ -8,10 +8,8 @@ per flag opened or extended since the last write, never a write per request.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import structlog
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -19,18 +17,16 @@ from genplane.accounts.service import AuthContext
 from genplane.db.engine import Database
 from genplane.db.models import KeyAnomaly
 from genplane.settings import Settings
+from genplane.usage.batched import BatchedWriter
 from genplane.usage.sequences import Flag, SequenceAnalytics, classify
 
-log = structlog.get_logger("genplane.anomalies")
 
-
-class AnomalyRecorder:
+class AnomalyRecorder(BatchedWriter):
     def __init__(self, db: Database, settings: Settings, analytics: SequenceAnalytics | None = None) -> None:
+        super().__init__(settings.usage_flush_interval_seconds, "anomaly")
         self.db = db
-        self.interval = settings.usage_flush_interval_seconds
         self.analytics = analytics or SequenceAnalytics(settings)
         self.enabled = self.analytics.enabled
-        self._task: asyncio.Task[None] | None = None
 
     def observe(
         self, auth: AuthContext, method: str, path: str, operation: str, status: int, target: str | None
@@ -40,7 +36,7 @@ class AnomalyRecorder:
             auth.key_id, auth.key_prefix, auth.account_id, operation, classify(method, path), status, target
         )
 
-    async def flush(self) -> None:
+    async def _write_pending(self) -> None:
         flags = self.analytics.take_dirty()
         if not flags:
             return
@@ -77,23 +73,9 @@ class AnomalyRecorder:
             self.analytics.put_back(flags)
             raise
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("anomaly_flush_failed")
-
     def start(self) -> None:
         if self.enabled:
-            self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+            super().start()
 
 
 async def list_anomalies(

@@ -1,40 +1,35 @@
 """Per-account request counters for GET /v1/usage.
 
-Counting every request with a database write would put a write on every read, so
-counts gather in memory and are flushed as batched upserts every second (and at
-shutdown). A hard crash can lose at most that last second of request counts; money
-and generations never go through here.
+Counts gather in memory and are flushed as batched upserts every second, at shutdown and
+before ``/v1/usage`` reads them (:mod:`genplane.usage.batched`). A hard crash can lose at
+most that last second of request counts; money and generations never go through here.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
-import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
 from genplane.clock import utcnow
 from genplane.db.engine import Database
 from genplane.db.models import UsageCounter
-
-log = structlog.get_logger("genplane.usage")
+from genplane.usage.batched import BatchedWriter
 
 Key = tuple[str, str, str, int, str]
 
 
-class UsageRecorder:
+class UsageRecorder(BatchedWriter):
     def __init__(self, db: Database, interval: float) -> None:
+        super().__init__(interval, "usage")
         self.db = db
-        self.interval = interval
         self._pending: Counter[Key] = Counter()
-        self._task: asyncio.Task[None] | None = None
 
     def record(self, account_id: str, endpoint: str, status_code: int, error_code: str | None) -> None:
         day = utcnow().strftime("%Y-%m-%d")
         self._pending[(account_id, day, endpoint, status_code, error_code or "")] += 1
 
-    async def flush(self) -> None:
+    async def _write_pending(self) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, Counter()
@@ -54,20 +49,3 @@ class UsageRecorder:
         except Exception:
             self._pending.update(batch)  # keep them for the next flush
             raise
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.exception("usage_flush_failed")
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, Request
 
 from genplane.accounts.scopes import Scope
@@ -24,6 +25,7 @@ from genplane.catalog.loader import ModelEntry
 from genplane.providers.health import provider_health
 
 router = APIRouter(prefix="/v1")
+log = structlog.get_logger("genplane.health")
 Library = Annotated[AuthContext, Depends(require(Scope.LIBRARY_READ))]
 Health = Annotated[AuthContext, Depends(require(Scope.HEALTH_READ))]
 
@@ -102,7 +104,7 @@ async def library_models(request: Request, auth: Library) -> object:
 async def health_providers(request: Request, auth: Health) -> object:
     svc = services(request)
     ids = list(svc.catalog.providers)
-    rows = await provider_health(svc.db, ids)
+    rows = await provider_health(svc.db, ids, auth.account_id)  # counts: the caller's own
     for row in rows:
         adapter = svc.providers.get(row["provider"])
         if adapter is None or not adapter.configured():
@@ -154,6 +156,8 @@ async def health_models(request: Request, auth: Health) -> object:
 )
 async def health_storage(request: Request, auth: Health) -> object:
     h = await services(request).store.health()
+    if not h.healthy:
+        log.warning("storage_unhealthy", request_id=request.state.request_id, error=h.error, detail=h.detail)
     data: dict[str, Any] = {
         "service": "storage",
         "healthy": h.healthy,
@@ -174,8 +178,9 @@ async def health_cache(request: Request, auth: Health) -> object:
     error = None
     try:
         healthy = bool(await storage.check())
-    except Exception as exc:
-        healthy, error = False, str(exc)
+    except Exception as exc:  # the client's text may name hosts and socket paths: log it only
+        healthy, error = False, "The rate-limit store did not answer."
+        log.warning("cache_unhealthy", request_id=request.state.request_id, error=repr(exc))
     data: dict[str, Any] = {
         "service": "redis" if "redis" in type(storage).__name__.lower() else "memory",
         "healthy": healthy,
