@@ -1,115 +1,31 @@
-"""The Google adapter (Imagen, Gemini image models, Veo) against a fake Gemini API."""
+"""Google's protocol quirks (Imagen, Gemini image models, Veo); the behaviours every adapter
+shares are in test_provider_contract."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from genplane.providers.base import InputImage, ProviderError, ProviderJob, ProviderResult
+from genplane.providers.base import InputImage, ProviderError, ProviderJob
 from genplane.providers.google import SYNC_PREFIX, GoogleAdapter, protocol
-from genplane.settings import Settings
+from tests import provider_contract as contract
 from tests.fakes.google import FakeGoogle, video_bytes
 from tests.fakes.media import image_bytes, png_bytes
-from tests.fakes.network import FakeNetwork
+from tests.provider_contract import pil_format, raises
 
-KEY = "AIza-test-key"
-HOST = "generativelanguage.googleapis.test"
-
-
-@dataclass
-class Rig:
-    fake: FakeGoogle
-    network: FakeNetwork
-    client: httpx.AsyncClient
-    settings: Settings
-
-    def adapter(self, **overrides: Any) -> GoogleAdapter:
-        settings = make_settings(**overrides) if overrides else self.settings
-        return GoogleAdapter(settings, self.client)
+Rig = contract.Rig[FakeGoogle, GoogleAdapter]
+rig = contract.rig_fixture(contract.GOOGLE)
+KEY = contract.GOOGLE.key
+imagen_job = contract.GOOGLE_IMAGEN.job
+veo_job = contract.GOOGLE.job
 
 
-def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "google_api_key": KEY,
-        "google_base_url": f"https://{HOST}",
-        "provider_poll_interval_seconds": 0.01,
-        "provider_request_timeout_seconds": 0.5,
-        "image_attempt_deadline_seconds": 0.5,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
-    video_bytes()  # render the fake's MP4 once, outside any request's timeout
-    fake = FakeGoogle()
-    network = FakeNetwork()
-    fake.mount(network)
-    async with httpx.AsyncClient(transport=network) as client:
-        yield Rig(fake, network, client, make_settings())
-
-
-def imagen_job(**overrides: Any) -> ProviderJob:
-    values: dict[str, Any] = {
-        "generation_id": "gen_1",
-        "model_identifier": "google/imagen-4",
-        "native_model_id": "imagen-4.0-generate-001",
-        "model_type": "image",
-        "prompt": "a lighthouse at dusk",
-        "ratio": "16:9",
-        "output_format": "jpg",
-        "output_number": 1,
-    }
-    values.update(overrides)
-    return ProviderJob(**values)
-
-
-def gemini_job(**overrides: Any) -> ProviderJob:
-    values: dict[str, Any] = {
-        "model_identifier": "google/nano-banana",
-        "native_model_id": "gemini-2.5-flash-image",
-        "output_format": "png",
-    }
-    values.update(overrides)
-    return imagen_job(**values)
-
-
-def veo_job(**overrides: Any) -> ProviderJob:
-    values: dict[str, Any] = {
-        "model_identifier": "google/veo-3",
-        "native_model_id": "veo-3.0-generate-001",
-        "model_type": "video",
-        "output_format": "mp4",
-        "duration": 8,
-        "resolution": "1080p",
-    }
-    values.update(overrides)
-    return imagen_job(**values)
-
-
-async def run(adapter: GoogleAdapter, job: ProviderJob) -> ProviderResult:
-    return await adapter.wait(job, await adapter.submit(job))
-
-
-async def fails_with(adapter: GoogleAdapter, job: ProviderJob) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await run(adapter, job)
-    return caught.value
-
-
-def pil_format(data: bytes | None) -> str:
-    assert data is not None
-    with Image.open(io.BytesIO(data)) as image:
-        return str(image.format)
+def gemini_job(**overrides: object) -> ProviderJob:
+    defaults = {"model_identifier": "google/nano-banana", "native_model_id": "gemini-2.5-flash-image",
+                "output_format": "png"}
+    return imagen_job(**{**defaults, **overrides})
 
 
 # -- protocol choice ----------------------------------------------------------------
@@ -153,28 +69,25 @@ async def test_imagen_maps_the_job_and_decodes_predictions(rig: Rig) -> None:
 
 
 async def test_imagen_splits_more_than_four_outputs_into_calls(rig: Rig) -> None:
-    result = await run(rig.adapter(), imagen_job(output_number=6, output_format="png"))
+    result = await rig.run(imagen_job(output_number=6, output_format="png"))
     assert sorted(r["json"]["parameters"]["sampleCount"] for r in rig.fake.requests) == [2, 4]
     assert len(result.outputs) == 6 and all(o.ext == "png" for o in result.outputs)
 
 
 async def test_imagen_webp_is_left_to_the_worker_since_imagen_cannot_write_it(rig: Rig) -> None:
     """Imagen has no WebP; the adapter passes its PNG on, typed by content (the worker converts)."""
-    result = await run(rig.adapter(), imagen_job(output_format="webp"))
+    result = await rig.run(imagen_job(output_format="webp"))
     assert "outputOptions" not in rig.fake.requests[0]["json"]["parameters"]
     assert (result.outputs[0].ext, result.outputs[0].content_type) == ("png", "image/png")
     assert pil_format(result.outputs[0].data) == "PNG"
 
 
 async def test_imagen_catalogue_overrides(rig: Rig) -> None:
-    job = imagen_job(
-        resolution="2k",
-        field_names={"generation_negative_prompt": "negativePrompt"},
-        value_maps={"generation_ratio": {"16:9": "4:3"}, "generation_resolution": {"2k": "2K"}},
-        specific={"generation_negative_prompt": "fog", "generation_seed": 5},
-        params={"outputOptions": {"compressionQuality": 80}},
-    )
-    await run(rig.adapter(), job)
+    job = imagen_job(resolution="2k", field_names={"generation_negative_prompt": "negativePrompt"},
+                     value_maps={"generation_ratio": {"16:9": "4:3"}, "generation_resolution": {"2k": "2K"}},
+                     specific={"generation_negative_prompt": "fog", "generation_seed": 5},
+                     params={"outputOptions": {"compressionQuality": 80}})
+    await rig.run(job)
     parameters = rig.fake.requests[0]["json"]["parameters"]
     assert parameters["aspectRatio"] == "4:3"
     assert parameters["sampleImageSize"] == "2K"
@@ -183,19 +96,15 @@ async def test_imagen_catalogue_overrides(rig: Rig) -> None:
     assert parameters["outputOptions"] == {"mimeType": "image/jpeg", "compressionQuality": 80}
 
 
-async def test_imagen_refusals_are_content_policy(rig: Rig) -> None:
-    rig.fake.moderate_prompt = True
-    err = await fails_with(rig.adapter(), imagen_job())
-    assert (err.error, err.retryable) == ("bse_content_policy_violation", False)
-
-    rig.fake.moderate_prompt, rig.fake.moderate_image = False, True
-    err = await fails_with(rig.adapter(), imagen_job())
+async def test_imagen_filtered_images_are_content_policy_violations(rig: Rig) -> None:
+    rig.fake.moderate_image = True
+    err = await rig.fails(imagen_job())
     assert err.error == "bse_content_policy_violation" and "usage guidelines" in err.message
 
 
 async def test_imagen_takes_no_input_images(rig: Rig) -> None:
     job = imagen_job(inputs=[InputImage("https://example.com/a.png", png_bytes(), "image/png")])
-    err = await fails_with(rig.adapter(), job)
+    err = await rig.fails(job)
     assert (err.error, err.retryable) == ("bse_unsupported_parameter", False)
     assert rig.fake.requests == []
 
@@ -214,7 +123,7 @@ async def test_gemini_sends_text_and_images_and_skips_thought_drafts(rig: Rig) -
             InputImage("https://example.com/b.webp", second, "image/webp"),
         ],
     )
-    result = await run(rig.adapter(), job)
+    result = await rig.run(job)
 
     assert len(rig.fake.requests) == 2  # one picture per call
     bodies = sorted((r["json"] for r in rig.fake.requests), key=lambda b: b["generationConfig"]["seed"])
@@ -243,7 +152,7 @@ async def test_gemini_sends_text_and_images_and_skips_thought_drafts(rig: Rig) -
 
 async def test_gemini_output_is_typed_by_its_content(rig: Rig) -> None:
     """Gemini answers PNG whatever was asked; the adapter says so (the worker converts)."""
-    result = await run(rig.adapter(), gemini_job(output_format="jpg"))
+    result = await rig.run(gemini_job(output_format="jpg"))
     assert (result.outputs[0].ext, pil_format(result.outputs[0].data)) == ("png", "PNG")
 
 
@@ -258,7 +167,7 @@ async def test_gemini_params_merge_into_config_and_top_level(rig: Rig) -> None:
             "safetySettings": safety,
         },
     )
-    await run(rig.adapter(), job)
+    await rig.run(job)
     sent = rig.fake.requests[0]
     assert sent["path"] == "/v1beta/models/gemini-3-pro-image-preview:generateContent"
     assert sent["json"]["safetySettings"] == safety
@@ -269,22 +178,22 @@ async def test_gemini_params_merge_into_config_and_top_level(rig: Rig) -> None:
 
 
 async def test_gemini_unknown_config_field_is_invalid_input(rig: Rig) -> None:
-    err = await fails_with(rig.adapter(), gemini_job(params={"sampleCount": 2}))
+    err = await rig.fails(gemini_job(params={"sampleCount": 2}))
     assert (err.error, err.retryable, err.http_status) == ("bse_invalid_input", False, 400)
 
 
 async def test_gemini_refusals(rig: Rig) -> None:
     rig.fake.moderate_prompt = True
-    err = await fails_with(rig.adapter(), gemini_job())
+    err = await rig.fails(gemini_job())
     assert (err.error, err.retryable) == ("bse_content_policy_violation", False)
     assert "PROHIBITED_CONTENT" in err.message
 
     rig.fake.moderate_prompt, rig.fake.moderate_image = False, True
-    err = await fails_with(rig.adapter(), gemini_job())
+    err = await rig.fails(gemini_job())
     assert err.error == "bse_content_policy_violation" and "IMAGE_SAFETY" in err.message
 
     rig.fake.moderate_image, rig.fake.text_only = False, True
-    err = await fails_with(rig.adapter(), gemini_job())
+    err = await rig.fails(gemini_job())
     assert (err.error, err.retryable) == ("bse_provider_error", True)
     assert "poem" in err.message
 
@@ -293,16 +202,12 @@ async def test_gemini_refusals(rig: Rig) -> None:
 
 
 async def test_veo_maps_the_job_polls_and_downloads_with_the_key(rig: Rig) -> None:
-    rig.fake.pending_polls, rig.fake.running_polls = 2, 2
     first, last = png_bytes(color=(1, 2, 3)), image_bytes("jpg")
-    job = veo_job(
-        ratio="9:16",
-        specific={"generation_negative_prompt": "rain", "generation_seed": 7},
-        generate_audio=True,
-        inputs=[InputImage("https://example.com/first.png", first, "image/png")],
-        last_frame=InputImage("https://example.com/last.jpg", last, "image/jpeg"),
-        params={"personGeneration": "allow_adult"},
-    )
+    job = veo_job(ratio="9:16", specific={"generation_negative_prompt": "rain", "generation_seed": 7},
+                  generate_audio=True,
+                  inputs=[InputImage("https://example.com/first.png", first, "image/png")],
+                  last_frame=InputImage("https://example.com/last.jpg", last, "image/jpeg"),
+                  params={"personGeneration": "allow_adult"})
     adapter = rig.adapter()
     name = await adapter.submit(job)
     assert name.startswith("models/veo-3.0-generate-001/operations/")
@@ -330,7 +235,6 @@ async def test_veo_maps_the_job_polls_and_downloads_with_the_key(rig: Rig) -> No
             "personGeneration": "allow_adult",
         },
     }
-    assert rig.fake.polls == 5  # 2 pending, 2 running, then done
     [download] = rig.fake.downloads
     assert download["headers"]["x-goog-api-key"] == KEY and download["query"] == {"alt": "media"}
     [output] = result.outputs
@@ -349,26 +253,26 @@ async def test_veo_seed_and_audio_only_when_the_catalogue_names_them(rig: Rig) -
         },
         value_maps={"generation_duration": {"8": 6}},
     )
-    await run(rig.adapter(), job)
+    await rig.run(job)
     parameters = rig.fake.requests[0]["json"]["parameters"]
     assert (parameters["seed"], parameters["generateAudio"], parameters["durationSeconds"]) == (7, False, 6)
 
 
 async def test_veo_redirected_download_goes_to_the_worker_without_the_key(rig: Rig) -> None:
-    rig.fake.download_redirect, rig.fake.download_ttl = True, 0.2
-    result = await run(rig.adapter(), veo_job())
-    [output] = result.outputs
+    rig.fake.download_redirect = True
+    [output] = (await rig.run(veo_job())).outputs
     assert output.data is None and output.url is not None
     assert httpx.URL(output.url).host == rig.fake.storage_host
     assert rig.network.requests_to(rig.fake.storage_host) == []  # the adapter did not follow it
     assert (await rig.client.get(output.url)).content == video_bytes()
-    await asyncio.sleep(0.25)
-    assert (await rig.client.get(output.url)).status_code == 403  # signed URLs expire
+    rig.fake.download_ttl = -1.0  # signed URLs expire
+    [output] = (await rig.run(veo_job())).outputs
+    assert (await rig.client.get(output.url or "")).status_code == 403
 
 
 async def test_veo_flaky_download_is_retried(rig: Rig) -> None:
     rig.fake.download_errors = 2
-    result = await run(rig.adapter(), veo_job())
+    result = await rig.run(veo_job())
     assert result.outputs[0].data == video_bytes()
     assert len(rig.fake.downloads) == 3
 
@@ -376,105 +280,20 @@ async def test_veo_flaky_download_is_retried(rig: Rig) -> None:
 @pytest.mark.parametrize(
     ("outcome", "code", "retryable", "words"),
     [
-        ("filtered", "bse_content_policy_violation", False, "person generation"),
         ("policy_error", "bse_content_policy_violation", False, "usage guidelines"),
-        ("failed", "bse_provider_error", True, "internal error"),
         ("cancelled", "bse_provider_error", True, "canceled upstream"),
     ],
 )
 async def test_veo_outcomes(rig: Rig, outcome: str, code: str, retryable: bool, words: str) -> None:
     rig.fake.video_outcome = outcome
-    err = await fails_with(rig.adapter(), veo_job())
+    err = await rig.fails(veo_job())
     assert (err.error, err.retryable) == (code, retryable)
     assert words in err.message
 
 
-async def test_veo_wait_resumes_from_the_operation_name_alone(rig: Rig) -> None:
-    rig.fake.pending_polls = 3
-    name = await rig.adapter().submit(veo_job())
-    fresh = rig.adapter()  # a new process: nothing but the id survives
-    result = await fresh.wait(veo_job(), name)
-    assert result.outputs[0].data == video_bytes()
-
-
 async def test_veo_unknown_or_malformed_operation(rig: Rig) -> None:
-    with pytest.raises(ProviderError) as caught:
-        await rig.adapter().wait(veo_job(), "models/veo-3.0-generate-001/operations/nope")
-    assert caught.value.http_status == 404
-    with pytest.raises(ProviderError) as caught:
-        await rig.adapter().wait(veo_job(), "models/../../admin")
-    assert caught.value.retryable is False
+    err = await raises(rig.adapter().wait(veo_job(), "models/veo-3.0-generate-001/operations/nope"))
+    assert err.http_status == 404
+    err = await raises(rig.adapter().wait(veo_job(), "models/../../admin"))
+    assert err.retryable is False
     assert rig.fake.polls == 1  # the malformed name was never sent
-
-
-async def test_cancel_sends_nothing_since_the_api_has_none(rig: Rig) -> None:
-    adapter = rig.adapter()
-    name = await adapter.submit(veo_job())
-    before = len(rig.network.seen)
-    assert await adapter.cancel(name) is False
-    held = await adapter.submit(imagen_job())
-    assert await adapter.cancel(held) is False
-    assert len(rig.network.seen) == before + 1  # only the Imagen call itself
-    with pytest.raises(ProviderError):
-        await adapter.wait(imagen_job(), held)  # the held result was dropped
-
-
-# -- failures shared by every call --------------------------------------------------
-
-
-async def test_server_error_is_retryable_provider_error(rig: Rig) -> None:
-    rig.fake.fail_submit = 1
-    err = await fails_with(rig.adapter(), imagen_job())
-    assert (err.error, err.retryable, err.http_status) == ("bse_provider_error", True, 500)
-
-
-async def test_rate_limit_reads_retry_info(rig: Rig) -> None:
-    rig.fake.rate_limit_submit = 1
-    err = await fails_with(rig.adapter(), veo_job())
-    assert (err.error, err.retryable, err.retry_after) == ("bse_provider_unavailable", True, 7.0)
-
-
-async def test_billing_required_is_credits_exhausted(rig: Rig) -> None:
-    rig.fake.billing_required = True
-    err = await fails_with(rig.adapter(), imagen_job())
-    assert (err.error, err.retryable) == ("bse_provider_credits_exhausted", False)
-
-
-async def test_wrong_key_is_unavailable_and_never_echoed(rig: Rig) -> None:
-    err = await fails_with(rig.adapter(google_api_key="AIza-wrong"), imagen_job())
-    assert (err.error, err.retryable, err.http_status) == ("bse_provider_unavailable", True, 400)
-    assert "AIza-wrong" not in err.message
-
-
-async def test_hung_submit_times_out(rig: Rig) -> None:
-    rig.fake.hang_submit = True
-    async with asyncio.timeout(5):
-        err = await fails_with(rig.adapter(), veo_job())
-    assert (err.error, err.retryable) == ("bse_provider_timeout", True)
-
-
-async def test_hung_poll_keeps_polling_until_the_attempt_deadline(rig: Rig) -> None:
-    adapter = rig.adapter(provider_request_timeout_seconds=0.1)
-    name = await adapter.submit(veo_job())
-    rig.fake.hang_poll = True
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.6):
-            await adapter.wait(veo_job(), name)
-    assert rig.fake.polls >= 2  # each timed-out poll was tried again
-
-
-async def test_malformed_json(rig: Rig) -> None:
-    rig.fake.malformed_submit = True
-    err = await fails_with(rig.adapter(), gemini_job())
-    assert (err.error, err.retryable) == ("bse_provider_error", True)
-
-    rig.fake.malformed_submit, rig.fake.malformed_polls = False, 2
-    result = await run(rig.adapter(), veo_job())  # garbled polls are waited out
-    assert result.outputs[0].data == video_bytes()
-
-
-async def test_configured_needs_the_key() -> None:
-    async with httpx.AsyncClient() as client:
-        assert GoogleAdapter(make_settings(), client).configured() is True
-        assert GoogleAdapter(make_settings(google_api_key=None), client).configured() is False
-        assert GoogleAdapter(make_settings(google_api_key="  "), client).configured() is False

@@ -1,91 +1,23 @@
-"""The self-hosted adapter against a fake GPU box: OpenAI-compatible images and ComfyUI."""
+"""The self-hosted adapter's protocol quirks (OpenAI-compatible images and ComfyUI); the
+behaviours every adapter shares are in test_provider_contract."""
 
 from __future__ import annotations
 
-import asyncio
-import io
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
-
-import httpx
-import pytest
-from PIL import Image
-
-from genplane.providers.base import InputImage, ProviderError, ProviderJob, ProviderResult
+from genplane.providers.base import InputImage
 from genplane.providers.comfyui import DEFAULT_WORKFLOW, fill, placeholders
 from genplane.providers.selfhosted import SYNC_PREFIX, SelfHostedAdapter, dimensions
-from genplane.settings import Settings
+from tests import provider_contract as contract
 from tests.fakes.media import image_bytes, png_bytes
-from tests.fakes.network import FakeNetwork
 from tests.fakes.selfhosted import FakeSelfHosted
+from tests.provider_contract import pil_format, raises
 
-HOST = "gpu.selfhosted.test"
-
-
-@dataclass
-class Rig:
-    fake: FakeSelfHosted
-    network: FakeNetwork
-    client: httpx.AsyncClient
-
-    def adapter(self, **overrides: Any) -> SelfHostedAdapter:
-        return SelfHostedAdapter(make_settings(**overrides), self.client)
-
-    def comfy(self, **overrides: Any) -> SelfHostedAdapter:
-        return self.adapter(selfhosted_protocol="comfyui", **overrides)
+Rig = contract.Rig[FakeSelfHosted, SelfHostedAdapter]
+rig = contract.rig_fixture(contract.SELFHOSTED_OPENAI)
+job = contract.SELFHOSTED.job
 
 
-def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "selfhosted_base_url": f"http://{HOST}",
-        "selfhosted_protocol": "openai",
-        "provider_poll_interval_seconds": 0.01,
-        "provider_request_timeout_seconds": 0.5,
-        "image_attempt_deadline_seconds": 0.5,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
-    fake = FakeSelfHosted()
-    network = FakeNetwork()
-    fake.mount(network)
-    async with httpx.AsyncClient(transport=network) as client:
-        yield Rig(fake, network, client)
-
-
-def job(**overrides: Any) -> ProviderJob:
-    values: dict[str, Any] = {
-        "generation_id": "gen_1",
-        "model_identifier": "selfhosted/sdxl",
-        "native_model_id": "sdxl",
-        "model_type": "image",
-        "prompt": "a lighthouse at dusk",
-        "ratio": "16:9",
-        "output_format": "png",
-        "output_number": 1,
-    }
-    values.update(overrides)
-    return ProviderJob(**values)
-
-
-async def run(adapter: SelfHostedAdapter, one: ProviderJob) -> ProviderResult:
-    return await adapter.wait(one, await adapter.submit(one))
-
-
-async def fails_with(adapter: SelfHostedAdapter, one: ProviderJob) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await run(adapter, one)
-    return caught.value
-
-
-def pil_format(data: bytes | None) -> str:
-    assert data is not None
-    with Image.open(io.BytesIO(data)) as image:
-        return str(image.format)
+def comfy(rig: Rig) -> SelfHostedAdapter:
+    return rig.adapter(selfhosted_protocol="comfyui")
 
 
 def test_dimensions_follow_the_ratio_at_about_a_megapixel() -> None:
@@ -104,27 +36,17 @@ def test_placeholders_keep_types_whole_and_interpolate_inside_text() -> None:
     filled = fill(graph, {"seed": 7, "prompt": "a cat", "style": "noir"})
     assert filled == {"1": {"inputs": {"seed": 7, "text": "photo of a cat, noir", "link": ["2", 0]}}}
     assert graph["1"]["inputs"]["seed"] == "{{seed}}"  # the catalogue's graph is not modified
-    assert placeholders(DEFAULT_WORKFLOW) >= {
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "width",
-        "height",
-        "batch_size",
-    }
+    expected = {"prompt", "negative_prompt", "seed", "width", "height", "batch_size"}
+    assert placeholders(DEFAULT_WORKFLOW) >= expected
 
 
 # -- OpenAI-compatible ----------------------------------------------------------------
 
 
 async def test_openai_protocol_maps_the_job(rig: Rig) -> None:
-    one = job(
-        output_number=2,
-        output_format="jpg",
-        specific={"generation_seed": 9, "generation_negative_prompt": "blur"},
-        params={"steps": 30},
-    )
-    adapter = rig.adapter(selfhosted_api_key="box-key")
+    one = job(output_number=2, output_format="jpg",
+              specific={"generation_seed": 9, "generation_negative_prompt": "blur"}, params={"steps": 30})
+    adapter = rig.adapter()
     prediction_id = await adapter.submit(one)
     result = await adapter.wait(one, prediction_id)
 
@@ -148,12 +70,11 @@ async def test_openai_protocol_maps_the_job(rig: Rig) -> None:
 
 
 async def test_openai_protocol_catalogue_overrides(rig: Rig) -> None:
-    one = job(
-        specific={"generation_negative_prompt": "blur"},
-        field_names={"generation_negative_prompt": "", "generation_output_number": "batch_size"},
-        value_maps={"generation_ratio": {"16:9": "1024x576"}},
-    )
-    await run(rig.adapter(), one)
+    one = job(specific={"generation_negative_prompt": "blur"},
+              field_names={"generation_negative_prompt": "", "generation_output_number": "batch_size"},
+              value_maps={"generation_ratio": {"16:9": "1024x576"}})
+    rig.fake.key = None  # a box without a proxy in front: no key, none sent
+    await rig.run(one, rig.adapter(selfhosted_api_key=None))
     sent = rig.fake.requests[0]
     assert "authorization" not in sent["headers"]
     assert (sent["json"]["size"], sent["json"]["batch_size"]) == ("1024x576", 1)
@@ -168,7 +89,7 @@ async def test_openai_protocol_input_images_go_to_edits(rig: Rig) -> None:
             InputImage("https://example.com/b.jpg", second, "image/jpeg"),
         ]
     )
-    await run(rig.adapter(), one)
+    await rig.run(one)
     [sent] = rig.fake.requests
     assert sent["path"] == "/v1/images/edits"
     assert sent["form"]["size"] == "1344x768" and sent["form"]["response_format"] == "b64_json"
@@ -180,74 +101,23 @@ async def test_openai_protocol_input_images_go_to_edits(rig: Rig) -> None:
 
 async def test_openai_protocol_urls_on_the_box_are_fetched_here(rig: Rig) -> None:
     rig.fake.answer_urls = True
-    result = await run(rig.adapter(), job(output_format="webp"))
+    result = await rig.run(job(output_format="webp"))
     [output] = result.outputs
     assert output.url is None and pil_format(output.data) == "PNG"  # as the box sent it
 
-    rig.fake.url_ttl = 0.0  # already expired when fetched
-    err = await fails_with(rig.adapter(), job())
+    rig.fake.url_ttl = -1.0  # already expired when fetched
+    err = await rig.fails(job())
     assert (err.http_status, err.retryable) == (403, True)
-
-
-async def test_openai_protocol_failures(rig: Rig) -> None:
-    rig.fake.moderate_submit = True
-    err = await fails_with(rig.adapter(), job())
-    assert (err.error, err.retryable) == ("bse_content_policy_violation", False)
-
-    rig.fake.moderate_submit, rig.fake.fail_submit = False, 1
-    err = await fails_with(rig.adapter(), job())
-    assert (err.error, err.retryable, err.http_status) == ("bse_provider_error", True, 500)
-
-    rig.fake.rate_limit_submit = 1
-    err = await fails_with(rig.adapter(), job())
-    assert (err.error, err.retryable, err.retry_after) == ("bse_provider_unavailable", True, 2.0)
-
-    rig.fake.malformed_submit = True
-    err = await fails_with(rig.adapter(), job())
-    assert (err.error, err.retryable) == ("bse_provider_error", True)
-
-
-async def test_proxy_key_refused(rig: Rig) -> None:
-    rig.fake.key = "box-key"
-    err = await fails_with(rig.adapter(selfhosted_api_key="wrong"), job())
-    assert (err.error, err.http_status) == ("bse_provider_unavailable", 401)
-    assert "wrong" not in err.message
-
-
-async def test_hung_submit_times_out(rig: Rig) -> None:
-    rig.fake.hang_submit = True
-    async with asyncio.timeout(5):
-        err = await fails_with(rig.comfy(), job())
-    assert (err.error, err.retryable) == ("bse_provider_timeout", True)
-
-
-async def test_configured_needs_a_base_url() -> None:
-    async with httpx.AsyncClient() as client:
-        assert SelfHostedAdapter(make_settings(), client).configured() is True
-        assert SelfHostedAdapter(make_settings(selfhosted_base_url=""), client).configured() is False
-
-
-async def test_cancel_of_a_synchronous_call_only_forgets_it(rig: Rig) -> None:
-    adapter = rig.adapter()
-    held = await adapter.submit(job())
-    assert await adapter.cancel(held) is False
-    with pytest.raises(ProviderError):
-        await adapter.wait(job(), held)
-    assert len(rig.fake.requests) == 1
 
 
 # -- ComfyUI ----------------------------------------------------------------------------
 
 
 async def test_comfyui_fills_the_default_workflow_polls_and_fetches(rig: Rig) -> None:
-    rig.fake.pending_polls, rig.fake.running_polls = 2, 2
-    one = job(
-        output_number=2,
-        output_format="jpg",
-        specific={"generation_seed": 1234, "generation_negative_prompt": "blur"},
-        params={"checkpoint": "juggernautXL_v9.safetensors", "steps": 30},
-    )
-    adapter = rig.comfy()
+    one = job(output_number=2, output_format="jpg",
+              specific={"generation_seed": 1234, "generation_negative_prompt": "blur"},
+              params={"checkpoint": "juggernautXL_v9.safetensors", "steps": 30})
+    adapter = comfy(rig)
     prompt_id = await adapter.submit(one)
     result = await adapter.wait(one, prompt_id)
 
@@ -266,7 +136,6 @@ async def test_comfyui_fills_the_default_workflow_polls_and_fetches(rig: Rig) ->
         "dpmpp_2m",
     )
     assert graph["9"]["inputs"]["filename_prefix"] == "genplane/gen_1"
-    assert rig.fake.history_polls == 5
 
     views = [r["query"] for r in rig.fake.requests if r["path"] == "/view"]
     assert [(v["subfolder"], v["type"]) for v in views] == [
@@ -277,7 +146,7 @@ async def test_comfyui_fills_the_default_workflow_polls_and_fetches(rig: Rig) ->
 
 
 async def test_comfyui_draws_a_random_seed_when_none_is_given(rig: Rig) -> None:
-    adapter = rig.comfy()
+    adapter = comfy(rig)
     await adapter.submit(job())
     await adapter.submit(job())
     seeds = [r["json"]["prompt"]["3"]["inputs"]["seed"] for r in rig.fake.requests if r["path"] == "/prompt"]
@@ -293,11 +162,9 @@ async def test_comfyui_custom_workflow_with_input_image(rig: Rig) -> None:
         "5": {"class_type": "SaveImage", "inputs": {"filename_prefix": "img2img/out", "images": ["3", 0]}},
     }
     picture = png_bytes(color=(1, 1, 1))
-    one = job(
-        params={"workflow": workflow, "style": "watercolour"},
-        inputs=[InputImage("https://example.com/a.png", picture, "image/png")],
-    )
-    result = await run(rig.comfy(), one)
+    one = job(params={"workflow": workflow, "style": "watercolour"},
+              inputs=[InputImage("https://example.com/a.png", picture, "image/png")])
+    result = await rig.run(one, comfy(rig))
 
     upload, prompt = [r for r in rig.fake.requests if r["path"] in ("/upload/image", "/prompt")]
     assert upload["path"] == "/upload/image" and upload["form"]["type"] == "input"
@@ -310,103 +177,41 @@ async def test_comfyui_custom_workflow_with_input_image(rig: Rig) -> None:
 
 async def test_comfyui_workflow_mismatches_are_configuration_errors(rig: Rig) -> None:
     workflow = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "{{lora_name}}"}}}
-    err = await fails_with(rig.comfy(), job(params={"workflow": workflow}))
+    err = await rig.fails(job(params={"workflow": workflow}), comfy(rig))
     assert (err.error, err.retryable) == ("bse_model_not_configured", False)
     assert "lora_name" in err.message
 
     one = job(inputs=[InputImage("https://example.com/a.png", png_bytes(), "image/png")])
-    err = await fails_with(rig.comfy(), one)
+    err = await rig.fails(one, comfy(rig))
     assert (err.error, err.retryable) == ("bse_unsupported_parameter", False)
     assert rig.fake.requests == []  # nothing was sent either time
 
 
 async def test_comfyui_validation_failure_names_the_node(rig: Rig) -> None:
-    err = await fails_with(rig.comfy(), job(params={"checkpoint": "missing.safetensors"}))
+    err = await rig.fails(job(params={"checkpoint": "missing.safetensors"}), comfy(rig))
     assert (err.error, err.retryable, err.http_status) == ("bse_model_not_configured", False, 400)
     assert "CheckpointLoaderSimple" in err.message and "missing.safetensors" in err.message
 
 
-async def test_comfyui_execution_error_is_retryable(rig: Rig) -> None:
-    rig.fake.outcome = "error"
-    err = await fails_with(rig.comfy(), job())
-    assert (err.error, err.retryable) == ("bse_provider_error", True)
-    assert "KSampler" in err.message and "OutOfMemoryError" in err.message
-
-
-async def test_comfyui_cancel_deletes_a_queued_prompt(rig: Rig) -> None:
-    rig.fake.pending_polls = 100
-    adapter = rig.comfy()
-    prompt_id = await adapter.submit(job())
-    assert await adapter.cancel(prompt_id) is True
-    assert rig.fake.deletes == [[prompt_id]] and rig.fake.interrupts == []
-    err = await fails_with_wait(adapter, prompt_id)
-    assert (err.error, err.retryable) == ("bse_provider_error", True)
-    assert "canceled upstream" in err.message
-
-
 async def test_comfyui_cancel_interrupts_the_running_prompt(rig: Rig) -> None:
     rig.fake.running_polls = 100
-    adapter = rig.comfy()
+    adapter = comfy(rig)
     prompt_id = await adapter.submit(job())
     assert await adapter.cancel(prompt_id) is True
     assert rig.fake.interrupts == [{"prompt_id": prompt_id}] and rig.fake.deletes == []
-    err = await fails_with_wait(adapter, prompt_id)
+    err = await raises(adapter.wait(job(), prompt_id))
     assert "canceled upstream" in err.message
 
 
 async def test_comfyui_cancel_after_the_end_does_nothing(rig: Rig) -> None:
-    adapter = rig.comfy()
+    adapter = comfy(rig)
     prompt_id = await adapter.submit(job())
     await adapter.wait(job(), prompt_id)
     assert await adapter.cancel(prompt_id) is False
     assert rig.fake.interrupts == [] and rig.fake.deletes == []
 
 
-async def test_comfyui_wait_resumes_from_the_prompt_id_alone(rig: Rig) -> None:
-    rig.fake.pending_polls = 3
-    prompt_id = await rig.comfy().submit(job())
-    result = await rig.comfy().wait(job(), prompt_id)  # a fresh adapter, as after a restart
-    assert len(result.outputs) == 1 and pil_format(result.outputs[0].data) == "PNG"
-
-
 async def test_comfyui_unknown_prompt_is_lost(rig: Rig) -> None:
-    err = await fails_with_wait(rig.comfy(), "4b1c0f3e-0000-4000-8000-000000000000")
+    err = await raises(comfy(rig).wait(job(), "4b1c0f3e-0000-4000-8000-000000000000"))
     assert "canceled upstream" in err.message
-    with pytest.raises(ProviderError) as caught:
-        await rig.comfy().wait(job(), "../queue")
-    assert caught.value.retryable is False
-
-
-async def test_comfyui_garbled_and_hung_polls_are_waited_out(rig: Rig) -> None:
-    rig.fake.malformed_polls = 2
-    result = await run(rig.comfy(), job())
-    assert len(result.outputs) == 1
-
-    adapter = rig.comfy(provider_request_timeout_seconds=0.1)
-    prompt_id = await adapter.submit(job())
-    rig.fake.hang_poll, before = True, rig.fake.history_polls
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.6):
-            await adapter.wait(job(), prompt_id)
-    assert rig.fake.history_polls - before >= 2  # each timed-out poll was tried again
-
-
-async def test_comfyui_submit_failures(rig: Rig) -> None:
-    rig.fake.fail_submit = 1
-    err = await fails_with(rig.comfy(), job())
-    assert (err.error, err.retryable, err.http_status) == ("bse_provider_error", True, 500)
-
-    rig.fake.rate_limit_submit = 1
-    err = await fails_with(rig.comfy(), job())
-    assert (err.error, err.retry_after) == ("bse_provider_unavailable", 2.0)
-
-    rig.fake.malformed_submit = True
-    err = await fails_with(rig.comfy(), job())
-    assert (err.error, err.retryable) == ("bse_provider_error", True)
-
-
-async def fails_with_wait(adapter: SelfHostedAdapter, prompt_id: str) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        async with asyncio.timeout(5):
-            await adapter.wait(job(), prompt_id)
-    return caught.value
+    assert (await raises(comfy(rig).wait(job(), "../queue"))).retryable is False

@@ -285,6 +285,21 @@ class Settings(BaseSettings):
         "or JSON list of id_enumeration, polling_storm, failed_create_burst, or 'all'; empty blocks nothing.",
     )
 
+    @field_validator(
+        "replicate_api_token", "fal_key", "bfl_api_key", "openai_api_key", "runway_api_key",
+        "cloudflare_api_token", "alibabacloud_api_key", "byteplus_api_key", "google_api_key",
+        "selfhosted_api_key", mode="before",
+    )
+    @classmethod
+    def _blank_credential_is_none(cls, value: Any) -> Any:
+        """A key of blanks (a stray space in an env file) means no key, so the provider reads as
+        unconfigured instead of failing every call with 401; surrounding blanks are never part of a key."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            return value.strip() or None
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_trusted_proxies(cls, value: Any) -> Any:
