@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from genplane.accounts import service as accounts
+from genplane.contract.errors import ERRORS
 from genplane.db.models import Generation, UsageCounter
 from genplane.usage.recorder import UsageRecorder
 from tests.conftest import Caller, Harness
@@ -287,7 +288,7 @@ async def test_usage_counts_a_known_mix_of_requests(harness: Harness) -> None:
         assert row["success_count"] == ok, endpoint
         assert row["client_error_count"] == client, endpoint
         assert row["server_error_count"] == 0, endpoint
-        assert row["error_codes"] == codes, endpoint
+        assert row["error_codes"] == {ERRORS[name].code: n for name, n in codes.items()}, endpoint
 
     assert d["usage_total_requests"] == 13
     assert d["usage_total_success"] == 7

@@ -124,7 +124,7 @@ def test_storage_failures_show_tenants_no_internal_path(server: Server) -> None:
         record = wait_terminal(api, r.json()["data"]["generation_id"])
         health = api.get("/v1/health/storage")
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_storage_error"
+    assert record["generation_error_name"] == "bse_storage_error"
     for text in (str(record), health.text):
         assert str(server.data_dir) not in text and str(server.data_dir.parent) not in text
         assert "LocalFileSystem" not in text and "Generic" not in text and "Os {" not in text

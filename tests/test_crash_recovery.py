@@ -126,7 +126,7 @@ def test_job_interrupted_too_often_is_failed_and_refunded(server: Server) -> Non
         assert failed, "a job claimed before the crash must not be retried past max_job_claims"
         assert len(failed) == len(ids)
         for record in failed:
-            assert record["generation_error_code"] == "bse_internal_error", record
+            assert record["generation_error_name"] == "bse_internal_error", record
             assert "interrupted" in str(record["generation_error"])
         billing = client.get("/user/billing").json()["data"]
     _assert_money_consistent(server.data_dir)

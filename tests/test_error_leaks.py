@@ -91,7 +91,7 @@ async def test_a_storage_failure_reaches_tenants_as_a_stable_message(
         record = await caller.wait(gid)
         health = (await caller.get("/v1/health/storage")).json()
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_storage_error"
+    assert record["generation_error_name"] == "bse_storage_error"
     assert record["generation_error"]
     assert_clean(orjson.dumps(record).decode(), tmp)
     health_leaks(health["data"], tmp)
@@ -113,7 +113,7 @@ async def test_health_storage_probes_what_generations_do(harness: Harness, calle
         gid = (await caller.create_image()).json()["data"]["generation_id"]
         record = await caller.wait(gid)
         assert record["generation_status"] == "failed", record
-        assert record["generation_error_code"] == "bse_storage_error"
+        assert record["generation_error_name"] == "bse_storage_error"
         health = (await caller.get("/v1/health/storage")).json()["data"]
     health_leaks(health, tmp)
     after = (await caller.get("/v1/health/storage")).json()["data"]

@@ -169,7 +169,7 @@ async def test_moderation_refusal_does_not_fail_over(rig_factory: Callable[..., 
     gid = await create(caller, generation_provider_order="replicate, fal")
     record = await caller.wait(gid)
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_content_policy_violation"
+    assert record["generation_error_name"] == "bse_content_policy_violation"
     assert record["generation_output_file"] is None
     assert await rig.attempts(gid) == [("replicate", "failed", "bse_content_policy_violation")]
     assert not rig.network.requests_to("queue.fal.run")
@@ -186,7 +186,7 @@ async def test_every_provider_failing_refunds_and_lists_each_error(rig_factory: 
     gid = await create(caller, generation_provider_order="replicate, fal")
     record = await caller.wait(gid)
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_all_providers_failed"
+    assert record["generation_error_name"] == "bse_all_providers_failed"
     async with rig.harness.services.db.read() as s:
         gen = await s.get(Generation, gid)
     assert gen is not None and gen.provider_errors is not None
@@ -389,7 +389,7 @@ async def test_overall_deadline_stops_the_chain(rig_factory: Callable[..., Any])
     gid = await create(caller, generation_provider_order="replicate, fal")
     record = await caller.wait(gid, timeout=10)
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_provider_timeout"
+    assert record["generation_error_name"] == "bse_provider_timeout"
     assert [a[:2] for a in await rig.attempts(gid)] == [("replicate", "failed")]
     assert await rig.balance(caller) == pytest.approx(before)
 

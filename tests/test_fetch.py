@@ -24,7 +24,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from genplane.addresses import is_public_address
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 from genplane.jobs.fetch import Fetched, FileFetcher
 from genplane.mediatypes import sniff
 from genplane.providers.base import ProviderError

@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from genplane.api.blocklist import MemoryFirewallStore, ip_subject, key_subject
 from genplane.api.firewall import compile_rules, json_too_deep
 from genplane.api.openapi import app_spec, route_table
+from genplane.contract.errors import ERRORS
 from genplane.db.models import ApiKey
 from tests.conftest import Caller, Harness
 
@@ -773,4 +774,4 @@ async def test_a_known_keys_rejections_show_in_its_own_usage(caller: Caller) -> 
     assert set(rows) == {"GET /v1/status", "GET /v1/content/list"}
     listed = rows["GET /v1/content/list"]
     assert (listed["total_requests"], listed["client_error_count"]) == (1, 1)
-    assert listed["error_codes"] == {"bse_invalid_input": 1}
+    assert listed["error_codes"] == {ERRORS["bse_invalid_input"].code: 1}

@@ -884,7 +884,7 @@ async def test_failed_generation_refunds_exactly_once(harness_factory: Any) -> N
     gid = await create_ok(caller, {"generation_prompt": "x", "generation_output_number": 4})
     record = await caller.wait(gid)
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_all_providers_failed"
+    assert record["generation_error_name"] == "bse_all_providers_failed"
     assert isinstance(record["generation_error"], str) and record["generation_error"]
     assert record["generation_output_file"] is None
     assert record["generation_completed_at"] is not None

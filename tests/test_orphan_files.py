@@ -117,7 +117,7 @@ async def test_a_failure_after_storing_some_outputs_removes_them(
     gid = await create(caller, outputs=2)
     record = await caller.wait(gid)
     assert record["generation_status"] == "failed"
-    assert record["generation_error_code"] == "bse_storage_error"
+    assert record["generation_error_name"] == "bse_storage_error"
     assert len(written) == 1
 
     async def gone() -> bool:

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook
 from standardwebhooks import WebhookVerificationError as StandardVerificationError
 
+from genplane.contract.errors import ERRORS
 from genplane.credits.ledger import add_credits
 from genplane.credits.money import to_millis
 from genplane.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
@@ -61,6 +62,7 @@ OPTIONAL_GENERATION_KEYS = {
     "generation_output_file",
     "generation_error",
     "generation_error_code",
+    "generation_error_name",
     "credits_refunded",
 }
 
@@ -229,7 +231,8 @@ def check_generation_data(data: dict[str, Any], record: dict[str, Any], status: 
     if status == "failed":
         assert data["generation_error"] == record["generation_error"]
         assert data["generation_error_code"] == record["generation_error_code"]
-        assert data["generation_error_code"].startswith("bse_")
+        assert data["generation_error_name"] == record["generation_error_name"]
+        assert data["generation_error_code"] == ERRORS[data["generation_error_name"]].code
     else:
         assert "generation_error" not in data and "generation_error_code" not in data
     if status in ("failed", "canceled"):
@@ -316,7 +319,7 @@ async def test_every_event_type_arrives_signed_and_shaped(
     (failed_data,) = by_type["generation.failed"]
     assert failed_data["generation_id"] == failed
     check_generation_data(failed_data, records[failed], "failed")
-    assert failed_data["generation_error_code"] == "bse_content_policy_violation"
+    assert failed_data["generation_error_name"] == "bse_content_policy_violation"
     assert "the prompt was refused" in failed_data["generation_error"]
     (canceled_data,) = by_type["generation.canceled"]
     assert canceled_data["generation_id"] == canceled

@@ -18,10 +18,10 @@ from genplane.accounts.keys import (
     visible_prefix,
 )
 from genplane.clock import as_utc, utcnow
+from genplane.contract.errors import ApiError
 from genplane.credits.alerts import DEFAULT_THRESHOLD_MILLIS
 from genplane.db.engine import Database
 from genplane.db.models import Account, ApiKey, CreditAlert
-from genplane.errors import ApiError
 from genplane.ids import new_id
 from genplane.settings import Settings
 

@@ -13,7 +13,7 @@ from genplane.api.blocklist import key_subject
 from genplane.api.client_address import client_ip
 from genplane.api.ratelimit import route_group
 from genplane.api.services import Services
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 
 
 def services(request: Request) -> Services:

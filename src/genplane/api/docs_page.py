@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from genplane.errors import ERRORS
+from genplane.contract.errors import ERRORS
 
 _STYLE = """
 body{font:15px/1.5 system-ui,sans-serif;margin:2rem auto;max-width:60rem;padding:0 1rem;color:#1b1b1b}

@@ -7,12 +7,13 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from genplane.api.envelope import ErrorShape, JSONBody, error_body
-from genplane.errors import ApiError, invalid_input
+from genplane.api.json_body import JSONBody
+from genplane.contract.envelope import ErrorShape, error_body
+from genplane.contract.errors import ApiError, invalid_input
 from genplane.storage.store import StorageError
 
 log = structlog.get_logger("genplane.api")
@@ -74,7 +75,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_database(request: Request, exc: Exception) -> Response:
         log.error("database_error", error=repr(exc), path=request.url.path)
-        return _respond(request, ApiError("bse_database_error"))
+        # A lock timeout or a lost connection passes; a constraint or a bad statement does not.
+        transient = isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
+        return _respond(request, ApiError("bse_database_error", retryable=transient or None))
 
     async def on_storage(request: Request, exc: Exception) -> Response:
         # The detail names local paths: the log gets it, the client the registry's message.

@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from genplane.api.byteranges import Unsatisfiable, byte_range
 from genplane.api.deps import services
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 from genplane.storage.keys import is_file_key
 from genplane.storage.store import StorageError
 

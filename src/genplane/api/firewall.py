@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from genplane.api.blocklist import FirewallStore, ip_subject, key_subject
 from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
-from genplane.errors import ApiError, invalid_input
+from genplane.contract.errors import ApiError, invalid_input
 from genplane.generations.request import MAX_BODY_BYTES
 from genplane.settings import Settings
 from genplane.usage.recorder import UsageRecorder

@@ -15,11 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from genplane.accounts.service import AuthContext
 from genplane.api.blocklist import ip_subject, key_subject
 from genplane.api.client_address import client_ip
-from genplane.api.envelope import new_request_id
 from genplane.api.errors import render_error
 from genplane.api.repeated_headers import first_repeated, repeated_header_error
 from genplane.api.services import Services
-from genplane.errors import ApiError
+from genplane.contract.envelope import new_request_id
+from genplane.contract.errors import ApiError
 from genplane.generations.request import MAX_BODY_BYTES
 
 log = structlog.get_logger("genplane.api")
@@ -100,8 +100,10 @@ class EdgeMiddleware:
             )
             if not started:
                 if body_received:
-                    err = ApiError(
-                        "bse_internal_error", f"The server did not finish the request within {seconds:g} s."
+                    err = ApiError(  # a slow moment, not a broken request: worth another try
+                        "bse_internal_error",
+                        f"The server did not finish the request within {seconds:g} s.",
+                        retryable=True,
                     )
                 else:
                     # The rest of the body may still be on its way: the connection cannot be reused.

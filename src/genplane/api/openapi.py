@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import iter_route_contexts
 
 from genplane.catalog.fields import GenerationBody
-from genplane.errors import ERRORS
+from genplane.contract.errors import ERRORS
 
 SERVERS = [
     {"url": f"https://api.{r}.genplane.local", "description": f"{r} region (example host)"}

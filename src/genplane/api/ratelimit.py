@@ -26,7 +26,7 @@ from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 from genplane.settings import RouteGroup, Settings
 
 _GENERATE_PREFIX = "/v1/generate/"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 
 SINGLE_VALUED: dict[bytes, str] = {
     b"authorization": "Authorization",

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import Request
 
-from genplane.api.envelope import JSONBody, success_body
+from genplane.api.json_body import JSONBody
 from genplane.api.schemas import FlatError, NestedError
-from genplane.errors import ERRORS
+from genplane.contract.envelope import success_body
+from genplane.contract.errors import ERRORS
 
 # What any operation can answer, whatever it does: the edge firewall's refusals (400 for a
 # parameter, header or body that does not fit the document, 413 for a body over 100 KB by

@@ -172,6 +172,13 @@ class GenerationRecord(_Open):
     generation_completed_at: str | None
     generation_metrics_total_time: float | None
     generation_metrics_predict_time: float | None
+    generation_error: str | None = Field(None, description="Failed only: a short message for people.")
+    generation_error_code: str | None = Field(
+        None, description="Failed only: the registry code, e.g. BSE4003."
+    )
+    generation_error_name: str | None = Field(
+        None, description="Failed only: the flat error name, e.g. bse_all_providers_failed."
+    )
 
 
 class GenerationList(BaseModel):

@@ -10,8 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from genplane.catalog.loader import ModelEntry
+from genplane.contract.errors import ApiError
 from genplane.credits.money import to_millis
-from genplane.errors import ApiError
 
 
 def unit_price(model: ModelEntry, resolution: str | None = None, audio: bool = False) -> Decimal:

@@ -17,11 +17,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
+from genplane.contract.errors import ApiError
 from genplane.credits.alerts import check_low_balance
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, Generation, LedgerEntry
-from genplane.errors import ApiError
 
 
 async def _entry(

@@ -21,9 +21,9 @@ from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import as_utc, utcnow
+from genplane.contract.errors import ApiError, invalid_input
 from genplane.db.engine import Database
 from genplane.db.models import IdempotencyRecord
-from genplane.errors import ApiError, invalid_input
 from genplane.settings import Settings
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_\-:.]{1,255}$")

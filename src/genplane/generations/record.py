@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from genplane.clock import iso
+from genplane.contract.errors import failure_fields
 from genplane.db.models import Generation
 
 
@@ -43,8 +44,7 @@ def to_record(gen: Generation) -> dict[str, Any]:
         record["generation_resolution"] = gen.resolution
         record["generation_generate_audio"] = gen.generate_audio
     if gen.status == "failed":
-        record["generation_error"] = gen.error
-        record["generation_error_code"] = gen.error_code
+        record.update(failure_fields(gen.error, gen.error_code))
         if gen.provider_errors:
             record["provider_errors"] = gen.provider_errors
     return record

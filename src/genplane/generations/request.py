@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from genplane.catalog.fields import SPECIFIC_FIELDS, GenerationBody
 from genplane.catalog.loader import Catalog, ModelEntry
-from genplane.errors import ApiError, invalid_input
+from genplane.contract.errors import ApiError, invalid_input
 
 MAX_BODY_BYTES = 100 * 1024
 

@@ -9,14 +9,14 @@ from typing import Any
 from sqlalchemy import func, select
 
 from genplane.accounts.service import AuthContext
-from genplane.api.envelope import dumps, success_body
 from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import generation_cost_millis
 from genplane.clock import as_utc, utcnow
+from genplane.contract.envelope import dumps, success_body
+from genplane.contract.errors import ApiError
 from genplane.credits.ledger import reserve, settle
 from genplane.db.engine import Database
 from genplane.db.models import Generation
-from genplane.errors import ApiError
 from genplane.generations import idempotency
 from genplane.generations import repository as repo
 from genplane.generations.record import to_record

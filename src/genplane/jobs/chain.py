@@ -30,8 +30,8 @@ import structlog
 
 from genplane.catalog.loader import Catalog, ModelEntry, ProviderBinding
 from genplane.clock import as_utc, utcnow
+from genplane.contract.errors import ERRORS, ApiError, ErrorName
 from genplane.db.models import Generation
-from genplane.errors import ERRORS, ApiError
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.media import in_requested_format
 from genplane.providers.base import (
@@ -65,7 +65,7 @@ def provider_error_entry(provider: str, error: str, message: str, retryable: boo
 
 
 class ChainFailed(Exception):
-    def __init__(self, error: str, message: str, provider_errors: list[dict[str, Any]]) -> None:
+    def __init__(self, error: ErrorName, message: str, provider_errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
         self.error = error
         self.message = message

@@ -45,7 +45,7 @@ from genplane.addresses import (
     normalise_host,
     system_resolver,
 )
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError, ErrorName
 from genplane.mediatypes import describe, sniff
 from genplane.providers.base import ProviderError
 
@@ -249,7 +249,7 @@ class FileFetcher:
         try:
             image = await asyncio.to_thread(_inspect_image, data, _INPUT_FORMATS[sniffed.content_type])
         except _ImageError as exc:
-            name = "bse_file_too_large" if exc.kind == "too_large" else "bse_file_load_error"
+            name: ErrorName = "bse_file_too_large" if exc.kind == "too_large" else "bse_file_load_error"
             raise ApiError(name, f"{field}: {exc.message}.", details={"field": field}) from None
 
         longest, shortest = max(image.width, image.height), min(image.width, image.height)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from genplane.contract.errors import ErrorName
+
 # Failures that another provider would refuse just the same: the chain stops on them.
 CHAIN_STOPPING_ERRORS = frozenset(
     {
@@ -127,7 +129,7 @@ class ProviderError(Exception):
     whether the worker moves on to the next provider is :attr:`stops_chain`.
     """
 
-    error: str
+    error: ErrorName
     message: str
     retryable: bool
     retry_after: float | None = None

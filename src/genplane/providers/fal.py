@@ -34,6 +34,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from genplane.contract.errors import ErrorName
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import ProviderHttp, dig, error_for_status
 from genplane.providers.outputs import canceled_upstream, output_for
@@ -45,7 +46,7 @@ RUNNING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
 _NAMESPACES = frozenset({"workflows", "comfy"})
 _LEGACY_APP_ID = re.compile(r"^([0-9]+)-([a-zA-Z0-9-]+)$")
 # fal's typed model errors that name a contract error of their own.
-_TYPED_ERRORS = {
+_TYPED_ERRORS: dict[str, ErrorName] = {
     "content_policy_violation": "bse_content_policy_violation",
     "image_too_large": "bse_file_too_large",
     "image_too_small": "bse_file_too_small",

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from genplane.clock import utcnow
+from genplane.contract.errors import ERRORS
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, Generation, ProviderAttempt, UsageCounter
@@ -76,8 +77,10 @@ async def usage_report(db: Database, account_id: str, days: int) -> dict[str, An
             e["client_error_count"] += n
         else:
             e["server_error_count"] += n
-        if error_code:
-            e["error_codes"][error_code] = e["error_codes"].get(error_code, 0) + n
+        if error_code:  # stored by name; the contract keys these by registry code
+            spec = ERRORS.get(error_code)
+            code = spec.code if spec is not None else error_code
+            e["error_codes"][code] = e["error_codes"].get(code, 0) + n
 
     providers: dict[str, dict[str, Any]] = {}
     for provider, outcome, count, cost in attempts:

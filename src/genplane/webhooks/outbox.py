@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
+from genplane.contract.errors import failure_fields
 from genplane.db.models import Generation, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from genplane.generations.record import output_urls
 
@@ -42,8 +43,7 @@ def generation_data(gen: Generation, credits_refunded: bool | None = None) -> di
     if gen.status == "succeeded":
         data["generation_output_file"] = output_urls(gen)
     if gen.status == "failed":
-        data["generation_error"] = gen.error
-        data["generation_error_code"] = gen.error_code
+        data.update(failure_fields(gen.error, gen.error_code))
     if credits_refunded is not None:
         data["credits_refunded"] = credits_refunded
     return data

@@ -12,9 +12,9 @@ from genplane.api.deps import require, services
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import AccountData, BillingData, Envelope, StatusData, UsageData
 from genplane.clock import iso
+from genplane.contract.errors import ApiError
 from genplane.credits.money import to_credits
 from genplane.db.models import Account
-from genplane.errors import ApiError
 from genplane.usage.report import usage_report
 
 router = APIRouter(prefix="/v1")

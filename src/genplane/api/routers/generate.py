@@ -13,9 +13,9 @@ from genplane.api.deps import require, services
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import CreateData, Envelope, EstimateData
 from genplane.catalog.pricing import generation_cost_millis, unit_price
+from genplane.contract.errors import ApiError
 from genplane.credits.ledger import balance_millis
 from genplane.credits.money import to_credits
-from genplane.errors import ApiError
 from genplane.generations.idempotency import KEY_RE, check_key
 from genplane.generations.request import MAX_BODY_BYTES
 

@@ -8,7 +8,52 @@ error JSON itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+#: Every registered name, so mypy checks each ``ApiError``/``ProviderError`` name at its raise.
+#: ``tests/test_contract.py`` keeps it equal to ``ERRORS``.
+ErrorName = Literal[
+    "bse_authentication_required",
+    "bse_invalid_api_key",
+    "bse_region_mismatch",
+    "bse_insufficient_permissions",
+    "bse_insufficient_credits",
+    "bse_rate_limit_exceeded",
+    "bse_auth_rate_limited",
+    "bse_ip_not_allowed",
+    "bse_account_not_found",
+    "bse_concurrency_limit_exceeded",
+    "bse_request_blocked",
+    "bse_invalid_input",
+    "bse_file_too_large",
+    "bse_file_too_small",
+    "bse_unsupported_file_format",
+    "bse_file_load_error",
+    "bse_content_policy_violation",
+    "bse_file_size_exceeded",
+    "bse_parameter_out_of_range",
+    "bse_file_download_error",
+    "bse_payload_too_large",
+    "bse_generation_not_found",
+    "bse_generation_not_cancelable",
+    "bse_unsafe_file_url",
+    "bse_idempotency_key_reused",
+    "bse_idempotency_in_progress",
+    "bse_route_not_found",
+    "bse_request_timeout",
+    "bse_model_not_found",
+    "bse_model_not_configured",
+    "bse_unsupported_parameter",
+    "bse_model_type_mismatch",
+    "bse_provider_timeout",
+    "bse_all_providers_failed",
+    "bse_provider_error",
+    "bse_provider_unavailable",
+    "bse_provider_credits_exhausted",
+    "bse_internal_error",
+    "bse_database_error",
+    "bse_storage_error",
+]
 
 
 @dataclass(frozen=True)
@@ -296,9 +341,11 @@ _SPECS = [
         False,
         "The provider account is out of funds or quota.",
     ),
-    _spec("internal_error", "BSE5001", "internal_server_error", 500, True, "An unexpected error occurred."),
-    _spec("database_error", "BSE5002", "database_error", 500, True, "The database failed or timed out."),
-    _spec("storage_error", "BSE5003", "storage_error", 500, True, "File storage failed."),
+    # Not retryable by default, as the contract has it: an unexpected failure is not known to
+    # pass. Raisers that know a failure is transient (a lost database connection) say so.
+    _spec("internal_error", "BSE5001", "internal_server_error", 500, False, "An unexpected error occurred."),
+    _spec("database_error", "BSE5002", "database_error", 500, False, "The database failed or timed out."),
+    _spec("storage_error", "BSE5003", "storage_error", 500, False, "File storage failed."),
 ]
 
 ERRORS: dict[str, ErrorSpec] = {s.name: s for s in _SPECS}
@@ -308,7 +355,7 @@ ERRORS: dict[str, ErrorSpec] = {s.name: s for s in _SPECS}
 class ApiError(Exception):
     """An error value on its way to the client; ``name`` keys into ``ERRORS``."""
 
-    name: str
+    name: ErrorName
     message: str | None = None
     details: dict[str, Any] | None = None
     provider_errors: list[dict[str, Any]] | None = None
@@ -339,3 +386,14 @@ class ApiError(Exception):
 
 def invalid_input(field_name: str, message: str) -> ApiError:
     return ApiError("bse_invalid_input", message, details={"field": field_name})
+
+
+def failure_fields(message: str | None, name: str | None) -> dict[str, str | None]:
+    """How a failed generation names its error, in records, lists and webhook payloads alike:
+    the registry code in ``generation_error_code``, the flat name in ``generation_error_name``."""
+    spec = ERRORS.get(name) if name is not None else None
+    return {
+        "generation_error": message,
+        "generation_error_code": spec.code if spec is not None else name,
+        "generation_error_name": name,
+    }

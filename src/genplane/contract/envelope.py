@@ -1,4 +1,7 @@
-"""The two envelopes of the contract, and the JSON response that carries them."""
+"""The two envelopes of the contract: success, and errors in the flat and the nested shape.
+
+Framework-free, so domain code can build a stored answer (an idempotent create's) without
+importing the web layer."""
 
 from __future__ import annotations
 
@@ -6,10 +9,9 @@ import secrets
 from typing import Any, Literal
 
 import orjson
-from starlette.responses import Response
 
 from genplane.clock import iso, utcnow
-from genplane.errors import ApiError
+from genplane.contract.errors import ApiError
 
 ErrorShape = Literal["flat", "nested"]
 
@@ -63,10 +65,3 @@ def error_body(request_id: str, err: ApiError, shape: ErrorShape) -> dict[str, A
 
 def dumps(body: Any) -> bytes:
     return orjson.dumps(body)
-
-
-class JSONBody(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return content if isinstance(content, bytes) else orjson.dumps(content)

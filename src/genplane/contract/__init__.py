@@ -1,0 +1,1 @@
+"""The wire contract, free of any framework: error registry, envelopes, status vocabularies."""
