@@ -39,7 +39,7 @@ def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
     upgrade(url)
     con = sqlite3.connect(db)
     assert con.execute("SELECT balance_millis FROM accounts WHERE id='a'").fetchone() == (5,)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0004",)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
     con.close()
 
 

@@ -31,6 +31,7 @@ import structlog
 from genplane.catalog.loader import Catalog, ModelEntry, ProviderBinding
 from genplane.clock import as_utc, utcnow
 from genplane.contract.errors import ERRORS, ApiError, ErrorName
+from genplane.contract.status import AttemptOutcome
 from genplane.db.models import Generation
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.media import in_requested_format
@@ -147,7 +148,7 @@ class ProviderChain:
                 )
                 outputs = await self._download(result, gen.model_type, job.output_format)
             except ProviderError as exc:
-                await record_attempt(provider_id, "failed", started, exc.error, exc.message)
+                await record_attempt(provider_id, AttemptOutcome.FAILED, started, exc.error, exc.message)
                 errors.append(provider_error_entry(provider_id, exc.error, exc.message, exc.retryable))
                 if exc.stops_chain:
                     raise ChainFailed(exc.error, exc.message, errors) from exc
@@ -156,7 +157,8 @@ class ProviderChain:
                 if user_canceled():
                     if prediction_id:
                         await asyncio.shield(self._cancel_upstream(adapter, prediction_id))
-                    await asyncio.shield(record_attempt(provider_id, "cancelled", started, None, None))
+                    canceled = record_attempt(provider_id, AttemptOutcome.CANCELED, started, None, None)
+                    await asyncio.shield(canceled)
                 raise
             return ChainSuccess(provider_id, prediction_id, started, outputs, result.predict_time)
         raise ChainFailed("bse_all_providers_failed", "Every provider in the chain failed.", errors)

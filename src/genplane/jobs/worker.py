@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.catalog.loader import Catalog
 from genplane.clock import as_utc, utcnow
+from genplane.contract.status import AttemptOutcome
 from genplane.credits.ledger import settle
 from genplane.db.engine import Database
 from genplane.db.models import Generation
@@ -239,7 +240,7 @@ class Worker:
         message: str | None = None,
     ) -> None:
         # A canceled prediction ran upstream for a while: count it as wasted spend.
-        cost = gen.cost_millis if outcome == "cancelled" else 0
+        cost = gen.cost_millis if outcome == AttemptOutcome.CANCELED else 0
         async with self.db.write() as s:
             repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
 
@@ -292,7 +293,7 @@ class Worker:
                 s,
                 gen,
                 provider_id,
-                "used" if won else "discarded",
+                AttemptOutcome.USED if won else AttemptOutcome.DISCARDED,
                 success.started_at,
                 cost_millis=gen.cost_millis,  # paid upstream either way; wasted when discarded
             )

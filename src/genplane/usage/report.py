@@ -9,15 +9,16 @@ from sqlalchemy import func, select
 
 from genplane.clock import utcnow
 from genplane.contract.errors import ERRORS
+from genplane.contract.status import AttemptOutcome
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, Generation, ProviderAttempt, UsageCounter
 
-_OUTCOME_FIELD = {
-    "used": "used_count",
-    "cancelled": "cancelled_count",
-    "discarded": "discarded_count",
-    "failed": "failed_count",
+_OUTCOME_FIELD: dict[str, str] = {
+    AttemptOutcome.USED: "used_count",
+    AttemptOutcome.CANCELED: "cancelled_count",  # the contract's spelling of the field
+    AttemptOutcome.DISCARDED: "discarded_count",
+    AttemptOutcome.FAILED: "failed_count",
 }
 
 
@@ -101,7 +102,7 @@ async def usage_report(db: Database, account_id: str, days: int) -> dict[str, An
         if outcome in _OUTCOME_FIELD:
             p[_OUTCOME_FIELD[outcome]] += int(count)
         p["total_estimated_cost"] += int(cost or 0)
-        if outcome in ("cancelled", "discarded"):
+        if outcome in (AttemptOutcome.CANCELED, AttemptOutcome.DISCARDED):
             p["wasted_estimated_cost"] += int(cost or 0)
     provider_rows = []
     for p in providers.values():
