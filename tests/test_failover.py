@@ -279,10 +279,10 @@ async def test_cancel_stops_the_upstream_prediction(rig_factory: Callable[..., A
     assert r.json()["data"]["credits_refunded"] is True
     assert list(rig.replicate.predictions) == rig.replicate.canceled
     for _ in range(100):
-        if ("replicate", "cancelled", None) in await rig.attempts(gid):
+        if ("replicate", "canceled", None) in await rig.attempts(gid):
             break
         await asyncio.sleep(0.02)
-    assert await rig.attempts(gid) == [("replicate", "cancelled", None)]
+    assert await rig.attempts(gid) == [("replicate", "canceled", None)]
 
 
 async def test_model_without_a_configured_provider_is_refused_at_create(

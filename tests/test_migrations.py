@@ -63,3 +63,23 @@ def test_accounts_from_before_alerts_get_the_default_threshold(tmp_path: Path) -
     rows = con.execute("SELECT account_id, threshold_millis, armed FROM credit_alerts ORDER BY 1").fetchall()
     con.close()
     assert rows == [("poor", 500, 0), ("rich", 500, 1)]
+
+
+def test_attempts_written_cancelled_read_canceled_after_0005(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0004")
+    con = sqlite3.connect(db)
+    for outcome in ("cancelled", "used", "failed"):
+        con.execute(
+            "INSERT INTO provider_attempts (generation_id, account_id, provider, model_identifier, outcome, "
+            "started_at, estimated_cost_millis) VALUES ('g', 'a', 'fal', 'm', ?, '2026-01-01', 0)",
+            (outcome,),
+        )
+    con.commit()
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    outcomes = sorted(r[0] for r in con.execute("SELECT outcome FROM provider_attempts"))
+    con.close()
+    assert outcomes == ["canceled", "failed", "used"]

@@ -6,7 +6,7 @@ opts into them by name in ``specific_schema``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -72,7 +72,3 @@ COMMON_FIELDS: tuple[str, ...] = (
     "generation_provider_order",
 )
 SPECIFIC_FIELDS: tuple[str, ...] = tuple(f for f in GenerationBody.model_fields if f not in COMMON_FIELDS)
-
-
-def body_fields() -> dict[str, Any]:
-    return dict(GenerationBody.model_fields)

@@ -21,7 +21,7 @@ from genplane.contract.errors import ApiError
 from genplane.credits.alerts import check_low_balance
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
-from genplane.db.models import Account, Generation, LedgerEntry
+from genplane.db.models import Account, LedgerEntry
 
 
 async def _entry(
@@ -88,32 +88,29 @@ async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: 
     return int(balance)
 
 
-async def settle(s: AsyncSession, generation: Generation, kind: Literal["charge", "refund"]) -> bool:
-    """Charge or refund a generation's reservation once; False when it was already settled."""
-    won = await s.execute(
-        update(Generation)
-        .where(Generation.id == generation.id, Generation.credits_settled.is_(False))
-        .values(credits_settled=True)
-    )
-    if not won.rowcount:  # type: ignore[attr-defined]
-        return False
-    amount = generation.cost_millis
+async def settle(
+    s: AsyncSession, account_id: str, generation_id: str, amount: int, kind: Literal["charge", "refund"]
+) -> None:
+    """Write a generation's charge or refund, inside the transaction that won the settlement.
+
+    Only :func:`genplane.generations.lifecycle` calls this, after flipping the generation's
+    ``credits_settled`` flag: the flag makes a settlement happen once, this writes its money.
+    """
     if kind == "refund" and amount:
         balance = (
             await s.execute(
                 update(Account)
-                .where(Account.id == generation.account_id)
+                .where(Account.id == account_id)
                 .values(balance_millis=Account.balance_millis + amount, updated_at=utcnow())
                 .returning(Account.balance_millis)
             )
         ).scalar_one()
     else:
-        current = await s.scalar(select(Account.balance_millis).where(Account.id == generation.account_id))
+        current = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
         balance = int(current or 0)
-    await _entry(s, generation.account_id, generation.id, kind, amount, int(balance))
+    await _entry(s, account_id, generation_id, kind, amount, int(balance))
     if kind == "refund":
-        await check_low_balance(s, generation.account_id, int(balance), fell=False)
-    return True
+        await check_low_balance(s, account_id, int(balance), fell=False)
 
 
 async def balance_millis(db: Database, account_id: str) -> int:

@@ -6,6 +6,7 @@ from typing import Any
 
 from genplane.clock import iso
 from genplane.contract.errors import failure_fields
+from genplane.contract.status import GenerationStatus
 from genplane.db.models import Generation
 
 
@@ -43,8 +44,27 @@ def to_record(gen: Generation) -> dict[str, Any]:
         record["generation_duration"] = gen.duration
         record["generation_resolution"] = gen.resolution
         record["generation_generate_audio"] = gen.generate_audio
-    if gen.status == "failed":
+    if gen.status == GenerationStatus.FAILED:
         record.update(failure_fields(gen.error, gen.error_code))
         if gen.provider_errors:
             record["provider_errors"] = gen.provider_errors
     return record
+
+
+def event_data(gen: Generation, credits_refunded: bool | None = None) -> dict[str, Any]:
+    """``webhook_data`` of a generation event, as the contract lists it."""
+    data: dict[str, Any] = {
+        "account_id": gen.account_id,
+        "model_identifier": gen.model_identifier,
+        "generation_id": gen.id,
+        "generation_status": gen.status,
+        "generation_provider_used": gen.provider_used,
+        "generation_prediction_id": gen.prediction_id,
+    }
+    if gen.status == GenerationStatus.SUCCEEDED:
+        data["generation_output_file"] = output_urls(gen)
+    if gen.status == GenerationStatus.FAILED:
+        data.update(failure_fields(gen.error, gen.error_code))
+    if credits_refunded is not None:
+        data["credits_refunded"] = credits_refunded
+    return data

@@ -1,73 +1,15 @@
-"""SQL for generations: the state transitions that must be conditional to be safe."""
+"""Reads of generations and the provider-attempt history; state changes live in ``lifecycle``."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
 from genplane.db.models import Generation, ProviderAttempt
-
-ACTIVE = ("pending", "processing")
-TERMINAL = ("succeeded", "failed", "canceled")
-
-
-async def claim(s: AsyncSession, generation_id: str, owner: str, lease_seconds: float) -> Generation | None:
-    """Take the job's lease if nobody holds a live one; returns the claimed row."""
-    now = utcnow()
-    res = await s.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.status.in_(ACTIVE),
-            or_(Generation.lease_expires_at.is_(None), Generation.lease_expires_at < now),
-        )
-        .values(
-            status="processing",
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            claims=Generation.claims + 1,
-            started_at=func.coalesce(Generation.started_at, now),
-            updated_at=now,
-        )
-    )
-    if not res.rowcount:  # type: ignore[attr-defined]
-        return None
-    return await s.get(Generation, generation_id, populate_existing=True)
-
-
-async def extend_lease(s: AsyncSession, generation_id: str, owner: str, lease_seconds: float) -> bool:
-    """Heartbeat; False when the job was canceled or taken over and the owner must stop."""
-    now = utcnow()
-    res = await s.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id, Generation.lease_owner == owner, Generation.status == "processing"
-        )
-        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-    )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
-
-
-async def finish(
-    s: AsyncSession, generation_id: str, status: str, *, owner: str | None = None, **values: Any
-) -> bool:
-    """Move an active generation to a terminal status once; False when it was already terminal."""
-    now = utcnow()
-    conds = [Generation.id == generation_id, Generation.status.in_(ACTIVE)]
-    if owner is not None:
-        conds.append(Generation.lease_owner == owner)
-    res = await s.execute(
-        update(Generation)
-        .where(and_(*conds))
-        .values(
-            status=status, completed_at=now, updated_at=now, lease_owner=None, lease_expires_at=None, **values
-        )
-    )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+from genplane.generations.lifecycle import ACTIVE
 
 
 async def due_for_work(s: AsyncSession, limit: int = 500) -> list[str]:

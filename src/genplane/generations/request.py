@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from genplane.catalog.fields import SPECIFIC_FIELDS, GenerationBody
 from genplane.catalog.loader import Catalog, ModelEntry
 from genplane.contract.errors import ApiError, invalid_input
+from genplane.net.addresses import is_public_address
 
 MAX_BODY_BYTES = 100 * 1024
 
@@ -77,7 +78,7 @@ def _check_url(field_name: str, url: str) -> None:
         ip = ipaddress.ip_address(parts.hostname)
     except ValueError:
         return
-    if not ip.is_global:
+    if not is_public_address(ip):
         raise ApiError(
             "bse_unsafe_file_url",
             f"{field_name} points to a non-public address.",

@@ -11,25 +11,23 @@ from sqlalchemy import func, select
 from genplane.accounts.service import AuthContext
 from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import generation_cost_millis
-from genplane.clock import as_utc, utcnow
+from genplane.clock import utcnow
 from genplane.contract.envelope import dumps, success_body
 from genplane.contract.errors import ApiError
-from genplane.credits.ledger import reserve, settle
+from genplane.contract.status import GenerationStatus
 from genplane.db.engine import Database
 from genplane.db.models import Generation
-from genplane.generations import idempotency
-from genplane.generations import repository as repo
+from genplane.generations import idempotency, lifecycle
+from genplane.generations.orphan_files import drop_unrecorded
+from genplane.generations.queue import JobQueue
 from genplane.generations.record import to_record
 from genplane.generations.request import GenerationRequest, check_generation
 from genplane.generations.routing import ProviderRanker
 from genplane.ids import new_id
 from genplane.jobs.fetch import FileFetcher
-from genplane.jobs.orphan_files import drop_unrecorded
-from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
 from genplane.storage.store import FileStore
-from genplane.webhooks.outbox import emit, generation_data
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ class GenerationService:
         db: Database,
         settings: Settings,
         catalog: Catalog,
-        worker: Worker,
+        jobs: JobQueue,
         store: FileStore,
         providers: dict[str, ProviderAdapter],
         ranker: ProviderRanker,
@@ -56,7 +54,7 @@ class GenerationService:
         self.db = db
         self.settings = settings
         self.catalog = catalog
-        self.worker = worker
+        self.jobs = jobs
         self.store = store
         self.providers = providers
 
@@ -89,7 +87,7 @@ class GenerationService:
             if idempotency_key is not None:
                 await idempotency.release(self.db, auth.account_id, idempotency_key)
             raise
-        self.worker.enqueue(gen.id)
+        self.jobs.enqueue(gen.id)
         return CreateResult(200, body, False)
 
     async def _admit(
@@ -126,21 +124,7 @@ class GenerationService:
         }
         body = dumps(success_body(request_id, data, "Generation initialized"))
         async with self.db.write() as s:
-            inflight = await s.scalar(
-                select(func.count())
-                .select_from(Generation)
-                .where(Generation.account_id == auth.account_id, Generation.status.in_(repo.ACTIVE))
-            )
-            cap = self.settings.max_inflight_for(auth.plan)
-            if (inflight or 0) >= cap:
-                raise ApiError(
-                    "bse_concurrency_limit_exceeded",
-                    f"{inflight} generations are in flight; the limit is {cap}.",
-                    details={"limit": cap, "retry_after_seconds": 1},
-                    headers={"Retry-After": "1"},
-                )
-            s.add(gen)
-            await reserve(s, auth.account_id, gen.id, cost)
+            await lifecycle.admit(s, gen, self.settings.max_inflight_for(auth.plan))
             if idempotency_key is not None:
                 await idempotency.complete(s, auth.account_id, idempotency_key, 200, body)
         return gen, body
@@ -190,42 +174,21 @@ class GenerationService:
             return [to_record(g) for g in rows.all()], int(total or 0)
 
     async def cancel(self, account_id: str, generation_id: str) -> dict[str, Any]:
-        now = utcnow()
         async with self.db.write() as s:
-            gen = await s.get(Generation, generation_id)
-            if gen is None or gen.account_id != account_id:
-                raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
-            if gen.status in repo.TERMINAL:
-                raise ApiError(
-                    "bse_generation_not_cancelable",
-                    f"The generation is already {gen.status} and cannot be canceled.",
-                    details={"generation_status": gen.status},
-                )
-            won = await repo.finish(
-                s,
-                gen.id,
-                "canceled",
-                metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
-            )
-            if not won:  # finished between our read and our update
-                raise ApiError("bse_generation_not_cancelable")
-            refunded = await settle(s, gen, "refund")
-            canceled = await s.get(Generation, gen.id, populate_existing=True)
-            if canceled is not None:
-                await emit(s, gen.account_id, "generation.canceled", generation_data(canceled, refunded))
+            gen, refunded = await lifecycle.cancel(s, account_id, generation_id)
         sent = await self._cancel_upstream(gen)
         # A job stopped between storing and finishing leaves outputs no canceled record lists.
         await drop_unrecorded(self.db, self.store, gen.id)
         return {
             "generation_id": gen.id,
-            "generation_status": "canceled",
+            "generation_status": GenerationStatus.CANCELED,
             "provider_cancel_sent": sent,
             "credits_refunded": refunded,
         }
 
     async def _cancel_upstream(self, gen: Generation) -> bool:
         """Stop the work wherever it runs; True when a running provider job was told to stop."""
-        stopped_here = self.worker.cancel_local(gen.id)
+        stopped_here = self.jobs.cancel_local(gen.id)
         state = gen.provider_state or {}
         adapter = self.providers.get(str(state.get("provider", "")))
         if adapter is None or not state.get("prediction_id"):
@@ -237,14 +200,12 @@ class GenerationService:
 
     async def delete(self, account_id: str, generation_id: str) -> dict[str, Any]:
         gen = await self._owned(account_id, generation_id)
-        if gen.status in repo.ACTIVE:
+        if gen.status in lifecycle.ACTIVE:
             with contextlib.suppress(ApiError):
                 await self.cancel(account_id, generation_id)
         files = await self.store.delete_generation(gen.id)
         async with self.db.write() as s:
-            row = await s.get(Generation, gen.id)
-            if row is not None:
-                await s.delete(row)
+            await lifecycle.delete_row(s, gen.id)
         return {"generation_id": gen.id, "files_deleted": files}
 
 
@@ -257,7 +218,7 @@ def _new_generation(
         account_id=account_id,
         model_identifier=req.model.model_identifier,
         model_type=req.model.model_type,
-        status="pending",
+        status=GenerationStatus.PENDING,
         provider_order=provider_order,
         provider_used=None,
         prediction_id=new_id(),

@@ -7,7 +7,7 @@ restart), so no generation stays ``processing`` forever. A job claimed more than
 ``max_job_claims`` times is failed and refunded rather than retried without end.
 Stored files follow the record: whatever a job stored that its record does not list
 (canceled, failed, re-claimed) is deleted, here as jobs end and by the sweep after a
-crash (:mod:`genplane.jobs.orphan_files`).
+crash (:mod:`genplane.generations.orphan_files`).
 """
 
 from __future__ import annotations
@@ -15,31 +15,27 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.catalog.loader import Catalog
-from genplane.clock import as_utc, utcnow
+from genplane.contract.errors import ErrorName
 from genplane.contract.status import AttemptOutcome
-from genplane.credits.ledger import settle
 from genplane.db.engine import Database
 from genplane.db.models import Generation
+from genplane.generations import lifecycle
 from genplane.generations import repository as repo
+from genplane.generations.orphan_files import FileSweep, drop_unrecorded
 from genplane.ids import new_id
 from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.janitor import Janitor
-from genplane.jobs.orphan_files import FileSweep, drop_unrecorded
 from genplane.providers.base import ProviderAdapter, ProviderOutput
 from genplane.settings import Settings
 from genplane.storage.store import FileStore, StorageError, StoredFile
-from genplane.webhooks.outbox import emit, generation_data
 
 log = structlog.get_logger("genplane.worker")
 
@@ -69,7 +65,6 @@ class Worker:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._user_canceled: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
-        self.on_terminal: Callable[[str], Awaitable[None]] | None = None
         self.file_sweep = FileSweep(db, store)
         self.janitor = Janitor(db, settings)
 
@@ -87,13 +82,8 @@ class Worker:
         for task in running:
             task.cancel()
         await asyncio.gather(*self._background, *running, return_exceptions=True)
-        # Hand our jobs back at once instead of making the next process wait out the lease.
         async with self.db.write() as s:
-            await s.execute(
-                update(Generation)
-                .where(Generation.lease_owner == self.owner, Generation.status.in_(repo.ACTIVE))
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+            await lifecycle.release_leases(s, self.owner)
 
     def enqueue(self, generation_id: str) -> None:
         if generation_id in self._queued or generation_id in self._running:
@@ -148,9 +138,7 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------
     async def _run(self, gid: str) -> None:
         async with self.db.write() as s:
-            gen = await repo.claim(s, gid, self.owner, self.settings.lease_seconds)
-            if gen is not None and gen.claims == 1:
-                await emit(s, gen.account_id, "generation.started", generation_data(gen))
+            gen = await lifecycle.claim(s, gid, self.owner, self.settings.lease_seconds)
         if gen is None:
             return
         if gen.claims > self.settings.max_job_claims:
@@ -193,7 +181,7 @@ class Worker:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 async with self.db.write() as s:
-                    alive = await repo.extend_lease(s, gid, self.owner, self.settings.lease_seconds)
+                    alive = await lifecycle.extend_lease(s, gid, self.owner, self.settings.lease_seconds)
             except Exception:
                 log.exception("heartbeat_failed", generation_id=gid)
                 continue
@@ -222,13 +210,7 @@ class Worker:
 
     async def _note_prediction(self, gid: str, provider_id: str, prediction_id: str) -> None:
         async with self.db.write() as s:
-            await s.execute(
-                update(Generation)
-                .where(Generation.id == gid)
-                .values(
-                    provider_state={"provider": provider_id, "prediction_id": prediction_id},
-                )
-            )
+            await lifecycle.note_prediction(s, gid, provider_id, prediction_id)
 
     async def _attempt(
         self,
@@ -271,24 +253,16 @@ class Worker:
     async def _complete(self, gen: Generation, success: ChainSuccess) -> None:
         provider_id = success.provider
         stored = await self._store(gen, success.outputs)
-        now = utcnow()
         async with self.db.write() as s:
-            won = await repo.finish(
+            won = await lifecycle.succeed(
                 s,
-                gen.id,
-                "succeeded",
-                owner=self.owner,
-                provider_used=provider_id,
-                output_files=[
-                    {"url": f.url, "key": f.key, "size": f.size, "content_type": f.content_type}
-                    for f in stored
-                ],
-                metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
-                metrics_predict_time=success.predict_time,
+                gen,
+                self.owner,
+                provider_id,
+                [{"url": f.url, "key": f.key, "size": f.size, "content_type": f.content_type}
+                 for f in stored],
+                success.predict_time,
             )
-            if won:
-                await settle(s, gen, "charge")
-                await _emit_terminal(s, gen.id, "generation.completed")
             repo.record_attempt(
                 s,
                 gen,
@@ -302,7 +276,6 @@ class Worker:
             # unless the job now runs elsewhere, whose worker cleans up when it ends.
             await self._drop_files(gen.id)
             return
-        await self._notify(gen.id)
         if gen.claims > 1:  # an earlier attempt may still have been storing when re-claimed
             await self._drop_files(gen.id)
 
@@ -314,36 +287,10 @@ class Worker:
             log.exception("orphan_files_check_failed", generation_id=gid)
 
     async def _fail(
-        self, gen: Generation, error: str, message: str, provider_errors: list[dict[str, Any]] | None
+        self, gen: Generation, error: ErrorName, message: str, provider_errors: list[dict[str, Any]] | None
     ) -> None:
-        now = utcnow()
         async with self.db.write() as s:
-            won = await repo.finish(
-                s,
-                gen.id,
-                "failed",
-                error=message,
-                error_code=error,
-                provider_errors=provider_errors or None,
-                metrics_total_time=round((now - as_utc(gen.created_at)).total_seconds(), 3),
-            )
-            if won:
-                refunded = await settle(s, gen, "refund")
-                await _emit_terminal(s, gen.id, "generation.failed", refunded)
+            won = await lifecycle.fail(s, gen, error, message, provider_errors)
         if won:
             log.info("generation_failed", generation_id=gen.id, error=error)
-            await self._notify(gen.id)
         await self._drop_files(gen.id)  # outputs stored before the failure are not on the record
-
-    async def _notify(self, gid: str) -> None:
-        if self.on_terminal is not None:
-            await self.on_terminal(gid)
-
-
-async def _emit_terminal(
-    s: AsyncSession, generation_id: str, event_type: str, refunded: bool | None = None
-) -> None:
-    """The terminal event, from the row as this transaction just wrote it."""
-    gen = await s.get(Generation, generation_id, populate_existing=True)
-    if gen is not None:
-        await emit(s, gen.account_id, event_type, generation_data(gen, refunded))

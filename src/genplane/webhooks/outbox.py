@@ -16,9 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
-from genplane.contract.errors import failure_fields
-from genplane.db.models import Generation, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from genplane.generations.record import output_urls
+from genplane.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 GENERATION_EVENTS = (
     "generation.started",
@@ -28,25 +26,6 @@ GENERATION_EVENTS = (
 )
 EVENT_TYPES = (*GENERATION_EVENTS, "credits.low_balance", "webhook.test")
 SUBSCRIBABLE = tuple(e for e in EVENT_TYPES if e != "webhook.test")
-
-
-def generation_data(gen: Generation, credits_refunded: bool | None = None) -> dict[str, Any]:
-    """``webhook_data`` of a generation event, as the contract lists it."""
-    data: dict[str, Any] = {
-        "account_id": gen.account_id,
-        "model_identifier": gen.model_identifier,
-        "generation_id": gen.id,
-        "generation_status": gen.status,
-        "generation_provider_used": gen.provider_used,
-        "generation_prediction_id": gen.prediction_id,
-    }
-    if gen.status == "succeeded":
-        data["generation_output_file"] = output_urls(gen)
-    if gen.status == "failed":
-        data.update(failure_fields(gen.error, gen.error_code))
-    if credits_refunded is not None:
-        data["credits_refunded"] = credits_refunded
-    return data
 
 
 async def emit(

@@ -58,8 +58,3 @@ def endpoint_secret(key: bytes, endpoint_id: str, version: int) -> str:
     """``whsec_`` + base64 of 32 bytes: the Standard Webhooks secret format."""
     raw = hmac.new(key, f"webhook-secret:{endpoint_id}:{version}".encode(), hashlib.sha256).digest()
     return SECRET_PREFIX + base64.b64encode(raw).decode()
-
-
-def visible_secret(secret: str) -> str:
-    """What logs and listings may show of a secret."""
-    return secret[: len(SECRET_PREFIX) + 4] + "…"

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from genplane.db.engine import Database
 from genplane.db.models import Generation
-from genplane.generations.repository import ACTIVE
+from genplane.generations.lifecycle import ACTIVE
 from genplane.storage.store import FileStore, StorageError
 
 log = structlog.get_logger("genplane.orphan_files")
