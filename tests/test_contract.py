@@ -32,3 +32,16 @@ def test_a_failed_record_names_its_error_by_code_and_name() -> None:
     assert failure_fields(None, None) == {
         "generation_error": None, "generation_error_code": None, "generation_error_name": None,
     }
+
+
+def test_the_spec_is_stored_and_sent_under_its_own_names() -> None:
+    # A field added to GenerationSpec reaches the row and the provider job with no copying code:
+    # the row has a column of each name, and the job and the checked request are specs.
+    from genplane.contract.spec import SPEC_FIELDS, GenerationSpec
+    from genplane.db.models import Generation
+    from genplane.generations.request import GenerationRequest
+    from genplane.providers.base import ProviderJob
+
+    columns = set(Generation.__table__.columns.keys())
+    assert {f.name for f in SPEC_FIELDS} <= columns
+    assert issubclass(ProviderJob, GenerationSpec) and issubclass(GenerationRequest, GenerationSpec)

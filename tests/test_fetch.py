@@ -23,10 +23,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from genplane.addresses import is_public_address
 from genplane.contract.errors import ApiError
 from genplane.jobs.fetch import Fetched, FileFetcher
 from genplane.mediatypes import sniff
+from genplane.net.addresses import is_public_address
 from genplane.providers.base import ProviderError
 from tests.fakes.media import FileHost, image_bytes, mp4_bytes, png_bytes
 from tests.fakes.network import FakeNetwork

@@ -7,7 +7,8 @@ from datetime import timedelta
 from genplane.catalog.loader import ModelEntry
 from genplane.clock import utcnow
 from genplane.db.models import ProviderAttempt
-from genplane.generations.routing import BREAKER_FAILURES, ProviderRanker
+from genplane.generations.routing import ProviderRanker
+from genplane.providers.stats import BREAKER_FAILURES
 from tests.conftest import Harness
 
 MODEL = ModelEntry.model_validate(

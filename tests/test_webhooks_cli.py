@@ -31,8 +31,8 @@ from genplane.cli import main as cli_main
 from genplane.cli.main import app as cli_app
 from genplane.db.engine import Database
 from genplane.db.models import Account, CreditAlert, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from genplane.jobs import fetch
 from genplane.jobs.fetch import FileFetcher
+from genplane.net import fetch
 from genplane.settings import Settings, get_settings
 from genplane.webhooks import WebhookVerificationError, verify
 from genplane.webhooks.delivery import WebhookDispatcher

@@ -28,7 +28,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     at: float  # time.monotonic() when it arrived
-    status: int  # what the receiver answered
+    status: int  # what the receiver answered; DISCONNECTED when the sender left before the answer
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -49,6 +49,10 @@ class Received:
 
 
 Answer = tuple[int, dict[str, str]]
+
+#: The status of a request whose sender went away before the answer (mid-body, say): nothing
+#: was answered, so it never counts as delivered however much of the body arrived.
+DISCONNECTED = 0
 
 
 def always_ok(_: Received) -> Answer:
@@ -145,13 +149,18 @@ class Receiver:
         if scope["type"] != "http":
             return
         chunks: list[bytes] = []
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = Received(scope["path"], headers, b"".join(chunks), time.monotonic(), DISCONNECTED)
+                with self._lock:
+                    self.received.append(gone)
+                return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        pending = Received(scope["path"], headers, b"".join(chunks), time.monotonic(), 0)
+        pending = Received(scope["path"], headers, b"".join(chunks), time.monotonic(), DISCONNECTED)
         status, extra = self.respond(pending)
         with self._lock:
             self.received.append(Received(pending.path, pending.headers, pending.body, pending.at, status))

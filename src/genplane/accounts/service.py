@@ -23,6 +23,7 @@ from genplane.credits.alerts import DEFAULT_THRESHOLD_MILLIS
 from genplane.db.engine import Database
 from genplane.db.models import Account, ApiKey, CreditAlert
 from genplane.ids import new_id
+from genplane.net.bearer import bearer_token
 from genplane.settings import Settings
 
 
@@ -234,7 +235,9 @@ class Authenticator:
         self.cache = AuthCache(settings.auth_cache_seconds)
 
     async def authenticate(self, authorization: str | None, client_ip: str | None) -> AuthContext:
-        token = _bearer(authorization)
+        token = bearer_token(authorization)
+        if token is None:
+            raise ApiError("bse_authentication_required")
         region = key_region(token)
         if region is None:
             raise ApiError("bse_invalid_api_key")
@@ -313,11 +316,3 @@ class Authenticator:
         )
 
 
-def _bearer(authorization: str | None) -> str:
-    if not authorization:
-        raise ApiError("bse_authentication_required")
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or " " in token:
-        raise ApiError("bse_authentication_required")
-    return token

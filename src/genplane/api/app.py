@@ -31,6 +31,7 @@ from genplane.generations.routing import ProviderRanker
 from genplane.generations.service import GenerationService
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.worker import Worker
+from genplane.net.fetch import PinnedFetcher
 from genplane.providers.base import ProviderAdapter
 from genplane.providers.registry import build_http_client, build_providers
 from genplane.settings import Settings, get_settings
@@ -54,7 +55,7 @@ def build_services(
     adapters = providers if providers is not None else build_providers(settings, http)
     fetcher = FileFetcher(http, settings.fetch_allow_hosts)
     worker = Worker(db, catalog, adapters, store, settings, fetcher)
-    webhook_guard = FileFetcher(http, settings.webhook_allow_hosts)
+    webhook_guard = PinnedFetcher(http, settings.webhook_allow_hosts)
     return Services(
         http=http,
         webhooks=WebhookDispatcher(db, settings, http, webhook_guard),

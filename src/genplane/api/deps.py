@@ -14,6 +14,7 @@ from genplane.api.client_address import client_ip
 from genplane.api.ratelimit import route_group
 from genplane.api.services import Services
 from genplane.contract.errors import ApiError
+from genplane.net.bearer import bearer_token
 
 
 def services(request: Request) -> Services:
@@ -60,7 +61,9 @@ def require(scope: Scope) -> Callable[[Request], Awaitable[AuthContext]]:
 
 
 async def _refuse_blocked(svc: Services, authorization: str) -> None:
-    token = authorization[7:].strip()
+    token = bearer_token(authorization)
+    if token is None:
+        return
     blocked = await svc.blocklist.blocked_for(key_subject(token))
     if blocked > 0:
         retry = max(1, math.ceil(blocked))

@@ -51,6 +51,7 @@ from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
 from genplane.contract.errors import ApiError, invalid_input
 from genplane.generations.request import MAX_BODY_BYTES
+from genplane.net.bearer import bearer_token
 from genplane.settings import Settings
 from genplane.usage.recorder import UsageRecorder
 
@@ -488,9 +489,7 @@ class FirewallMiddleware:
             elif name == b"transfer-encoding":
                 chunked = True
 
-        token: str | None = None
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
-            token = authorization[7:].strip().decode("latin-1") or None
+        token = bearer_token(authorization.decode("latin-1")) if authorization is not None else None
         key = key_subject(token) if token is not None else None
         ip = client_ip(scope)
         store = self.store

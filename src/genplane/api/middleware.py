@@ -21,6 +21,7 @@ from genplane.api.services import Services
 from genplane.contract.envelope import new_request_id
 from genplane.contract.errors import ApiError
 from genplane.generations.request import MAX_BODY_BYTES
+from genplane.net.bearer import bearer_token
 
 log = structlog.get_logger("genplane.api")
 
@@ -167,9 +168,8 @@ async def _observe(
         operation = getattr(route, "operation_id", None) or endpoint
         flags = services.anomalies.observe(auth, method, path, operation, status, target)
         if flags:
-            authorization = headers.get("authorization", "")
-            token = authorization[7:].strip()
-            if authorization[:7].lower() == "bearer " and token:
+            token = bearer_token(headers.get("authorization"))
+            if token is not None:
                 await services.blocklist.block(key_subject(token), services.settings.firewall_block_seconds)
                 for flag in flags:
                     log.warning(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from genplane.contract.errors import ApiError
@@ -70,6 +70,12 @@ class RequestLimiter:
         self._items: dict[tuple[str, RouteGroup], RateLimitItem] = {}
         self._auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_minute)
         self._ip_auth_failures = RateLimitItemPerMinute(settings.auth_failures_per_ip_per_minute)
+
+    @property
+    def backend(self) -> str:
+        """What the limits live in, as ``/v1/health/cache`` names it: shared ("redis", which
+        covers the cluster, Sentinel and Valkey storages) or this process's "memory"."""
+        return "redis" if isinstance(self.storage, RedisStorage) else "memory"
 
     def item(self, plan: str, group: RouteGroup) -> RateLimitItem:
         found = self._items.get((plan, group))

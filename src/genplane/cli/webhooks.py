@@ -19,7 +19,7 @@ from genplane.accounts import service as accounts
 from genplane.cli import common
 from genplane.clock import iso
 from genplane.db.engine import Database
-from genplane.jobs.fetch import FileFetcher
+from genplane.net.fetch import PinnedFetcher
 from genplane.settings import Settings
 from genplane.webhooks import endpoints
 from genplane.webhooks.outbox import SUBSCRIBABLE
@@ -63,7 +63,7 @@ def add(
 
     async def work(db: Database, settings: Settings) -> None:
         async with httpx.AsyncClient(trust_env=False) as client:
-            guard = FileFetcher(client, settings.webhook_allow_hosts)
+            guard = PinnedFetcher(client, settings.webhook_allow_hosts)
             try:
                 created = await endpoints.add_endpoint(db, settings, guard, account, url, events)
             except ValueError as exc:

@@ -46,18 +46,24 @@ async def _entry(
     )
 
 
+async def _credit(s: AsyncSession, account_id: str, millis: int) -> int | None:
+    """Raise the balance; the balance after, or None when there is no such account."""
+    balance = (
+        await s.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(balance_millis=Account.balance_millis + millis, updated_at=utcnow())
+            .returning(Account.balance_millis)
+        )
+    ).scalar_one_or_none()
+    return None if balance is None else int(balance)
+
+
 async def add_credits(db: Database, account_id: str, millis: int, note: str | None = None) -> int:
     if millis <= 0:
         raise ValueError("the amount to add must be positive")
     async with db.write() as s:
-        balance = (
-            await s.execute(
-                update(Account)
-                .where(Account.id == account_id)
-                .values(balance_millis=Account.balance_millis + millis, updated_at=utcnow())
-                .returning(Account.balance_millis)
-            )
-        ).scalar_one_or_none()
+        balance = await _credit(s, account_id, millis)
         if balance is None:
             raise ValueError(f"no account {account_id}")
         await _entry(s, account_id, None, "add", millis, balance, note)
@@ -96,15 +102,9 @@ async def settle(
     Only :func:`genplane.generations.lifecycle` calls this, after flipping the generation's
     ``credits_settled`` flag: the flag makes a settlement happen once, this writes its money.
     """
-    if kind == "refund" and amount:
-        balance = (
-            await s.execute(
-                update(Account)
-                .where(Account.id == account_id)
-                .values(balance_millis=Account.balance_millis + amount, updated_at=utcnow())
-                .returning(Account.balance_millis)
-            )
-        ).scalar_one()
+    credited = await _credit(s, account_id, amount) if kind == "refund" and amount else None
+    if credited is not None:
+        balance = credited
     else:
         current = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
         balance = int(current or 0)

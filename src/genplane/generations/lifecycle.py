@@ -22,9 +22,45 @@ from genplane.contract.status import GenerationStatus
 from genplane.credits import ledger
 from genplane.db.models import Generation
 from genplane.generations.record import event_data
+from genplane.generations.request import GenerationRequest
+from genplane.ids import new_id
 from genplane.webhooks.outbox import emit
 
 ACTIVE = (GenerationStatus.PENDING, GenerationStatus.PROCESSING)
+
+
+def new_generation(
+    account_id: str, req: GenerationRequest, provider_order: list[str], cost: int
+) -> Generation:
+    """The row of a generation about to be admitted: pending, unclaimed, nothing settled."""
+    now = utcnow()
+    return Generation(
+        id=new_id(),
+        account_id=account_id,
+        model_identifier=req.model.model_identifier,
+        model_type=req.model.model_type,
+        status=GenerationStatus.PENDING,
+        provider_order=provider_order,
+        provider_used=None,
+        prediction_id=new_id(),
+        **req.spec_values(),
+        output_files=None,
+        error=None,
+        error_code=None,
+        provider_errors=None,
+        cost_millis=cost,
+        credits_settled=False,
+        created_at=now,
+        started_at=None,
+        completed_at=None,
+        metrics_total_time=None,
+        metrics_predict_time=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        claims=0,
+        provider_state=None,
+        updated_at=now,
+    )
 
 
 async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:

@@ -9,7 +9,8 @@ Checks run in the order a client can act on: the body's shape and types
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,27 +19,21 @@ from pydantic import ValidationError
 
 from genplane.catalog.fields import SPECIFIC_FIELDS, GenerationBody
 from genplane.catalog.loader import Catalog, ModelEntry
+from genplane.catalog.pricing import generation_cost_millis, unit_price
 from genplane.contract.errors import ApiError, invalid_input
+from genplane.contract.spec import GenerationSpec
 from genplane.net.addresses import is_public_address
 
 MAX_BODY_BYTES = 100 * 1024
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest(GenerationSpec):
+    """The checked spec plus what only admission needs: the model and the chain to try."""
+
     model: ModelEntry
-    prompt: str
-    ratio: str
-    output_format: str
-    output_number: int
     provider_order: list[str]
     provider_order_explicit: bool
-    input_file: list[str] | None = None
-    input_file_last_content: str | None = None
-    duration: int | None = None
-    resolution: str | None = None
-    generate_audio: bool | None = None
-    specific: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -117,8 +112,7 @@ def resolve_provider_order(model: ModelEntry, requested: str | None) -> list[str
     return chain
 
 
-def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: bytes) -> GenerationRequest:
-    data = parse_json_object(raw)
+def find_model(catalog: Catalog, model_identifier: str) -> ModelEntry:
     model = catalog.models.get(model_identifier)
     if model is None:
         raise ApiError(
@@ -126,6 +120,59 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
             f"Unknown model '{model_identifier}'.",
             details={"model_identifier": model_identifier},
         )
+    return model
+
+
+@dataclass(frozen=True)
+class OptionNames:
+    """What the caller calls the video options: body fields on create, query parameters on
+    estimate. Errors name the one the caller sent, so it can be found and fixed."""
+
+    duration: str
+    resolution: str
+    audio: str
+
+
+BODY_OPTIONS = OptionNames("generation_duration", "generation_resolution", "generation_generate_audio")
+QUERY_OPTIONS = OptionNames("duration", "resolution", "audio")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """A video's duration, resolution and audio, checked; all None for an image model."""
+
+    duration: int | None = None
+    resolution: str | None = None
+    audio: bool | None = None  # None: the model has no audio option
+
+
+def check_video_options(
+    model: ModelEntry, names: OptionNames, duration: int | None, resolution: str | None, audio: bool | None
+) -> VideoOptions:
+    """One rule for create and estimate, so a value one refuses the other refuses alike."""
+    schema = model.schema_
+    if model.model_type != "video":
+        for name, value in ((names.duration, duration), (names.resolution, resolution)):
+            if value is not None:
+                raise _unsupported(name, model)
+        if audio:
+            raise _unsupported(names.audio, model)
+        return VideoOptions()
+    if duration is None:
+        raise invalid_input(names.duration, f"'{names.duration}' is required for video models.")
+    if duration not in (schema.generation_duration or []):
+        raise _out_of_range(names.duration, duration, schema.generation_duration)
+    resolution = resolution or (schema.generation_resolution or [""])[0]
+    if resolution not in (schema.generation_resolution or []):
+        raise _out_of_range(names.resolution, resolution, schema.generation_resolution)
+    if audio and not schema.generation_generate_audio:
+        raise _unsupported(names.audio, model)
+    return VideoOptions(duration, resolution, bool(audio) if schema.generation_generate_audio else None)
+
+
+def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: bytes) -> GenerationRequest:
+    data = parse_json_object(raw)
+    model = find_model(catalog, model_identifier)
     try:
         body = GenerationBody.model_validate(data)
     except ValidationError as exc:
@@ -175,17 +222,13 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
     if body.generation_input_file_last_content:
         _check_url("generation_input_file_last_content", body.generation_input_file_last_content)
 
-    duration = resolution = audio = None
-    if model.model_type == "video":
-        if body.generation_duration is None:
-            raise invalid_input("generation_duration", "'generation_duration' is required for video models.")
-        duration = body.generation_duration
-        if duration not in (schema.generation_duration or []):
-            raise _out_of_range("generation_duration", duration, schema.generation_duration)
-        resolution = body.generation_resolution or (schema.generation_resolution or [""])[0]
-        if resolution not in (schema.generation_resolution or []):
-            raise _out_of_range("generation_resolution", resolution, schema.generation_resolution)
-        audio = bool(body.generation_generate_audio) if schema.generation_generate_audio else None
+    video = check_video_options(
+        model,
+        BODY_OPTIONS,
+        body.generation_duration,
+        body.generation_resolution,
+        body.generation_generate_audio,
+    )
 
     return GenerationRequest(
         model=model,
@@ -197,8 +240,57 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
         provider_order_explicit=(body.generation_provider_order or "fastest").strip() != "fastest",
         input_file=body.generation_input_file,
         input_file_last_content=body.generation_input_file_last_content,
-        duration=duration,
-        resolution=resolution,
-        generate_audio=audio,
+        duration=video.duration,
+        resolution=video.resolution,
+        generate_audio=video.audio,
         specific={k: v for k, v in sent.items() if k in SPECIFIC_FIELDS},
     )
+
+
+MAX_ESTIMATE_COUNT = 100
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The price of ``count`` generations (or image outputs) of ``model`` with ``options``,
+    by the pricing functions create reserves with."""
+
+    model: ModelEntry
+    count: int
+    options: VideoOptions
+
+    @property
+    def unit_price(self) -> Decimal:
+        return unit_price(self.model, self.options.resolution, bool(self.options.audio))
+
+    @property
+    def per_generation_millis(self) -> int:
+        o = self.options
+        audio = bool(o.audio)
+        return generation_cost_millis(self.model, duration=o.duration, resolution=o.resolution, audio=audio)
+
+    @property
+    def total_millis(self) -> int:
+        return self.per_generation_millis * self.count
+
+    def affordable(self, balance_millis: int) -> int | None:
+        """How many a balance pays for; None for a free model."""
+        per = self.per_generation_millis
+        return balance_millis // per if per else None
+
+
+def check_estimate(
+    catalog: Catalog,
+    model_identifier: str,
+    count: int,
+    duration: int | None,
+    resolution: str | None,
+    audio: bool,
+) -> Estimate:
+    """The create checks on the options an estimate takes; a video's duration, which create
+    requires, defaults to the model's first, and ``count`` is clamped to 1..MAX_ESTIMATE_COUNT."""
+    model = find_model(catalog, model_identifier)
+    if model.model_type == "video" and duration is None and model.schema_.generation_duration:
+        duration = model.schema_.generation_duration[0]
+    options = check_video_options(model, QUERY_OPTIONS, duration, resolution, audio)
+    return Estimate(model, min(max(count, 1), MAX_ESTIMATE_COUNT), options)

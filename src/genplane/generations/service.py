@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from genplane.accounts.service import AuthContext
 from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import generation_cost_millis
-from genplane.clock import utcnow
 from genplane.contract.envelope import dumps, success_body
 from genplane.contract.errors import ApiError
 from genplane.contract.status import GenerationStatus
@@ -23,8 +22,7 @@ from genplane.generations.queue import JobQueue
 from genplane.generations.record import to_record
 from genplane.generations.request import GenerationRequest, check_generation
 from genplane.generations.routing import ProviderRanker
-from genplane.ids import new_id
-from genplane.jobs.fetch import FileFetcher
+from genplane.net.fetch import PinnedFetcher
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
 from genplane.storage.store import FileStore
@@ -47,7 +45,7 @@ class GenerationService:
         store: FileStore,
         providers: dict[str, ProviderAdapter],
         ranker: ProviderRanker,
-        fetcher: FileFetcher,
+        fetcher: PinnedFetcher,
     ) -> None:
         self.ranker = ranker
         self.fetcher = fetcher
@@ -114,7 +112,7 @@ class GenerationService:
             resolution=req.resolution,
             audio=bool(req.generate_audio),
         )
-        gen = _new_generation(auth.account_id, req, provider_order, cost)
+        gen = lifecycle.new_generation(auth.account_id, req, provider_order, cost)
         data = {
             "model_identifier": gen.model_identifier,
             "generation_provider_order": gen.provider_order,
@@ -208,44 +206,3 @@ class GenerationService:
             await lifecycle.delete_row(s, gen.id)
         return {"generation_id": gen.id, "files_deleted": files}
 
-
-def _new_generation(
-    account_id: str, req: GenerationRequest, provider_order: list[str], cost: int
-) -> Generation:
-    now = utcnow()
-    return Generation(
-        id=new_id(),
-        account_id=account_id,
-        model_identifier=req.model.model_identifier,
-        model_type=req.model.model_type,
-        status=GenerationStatus.PENDING,
-        provider_order=provider_order,
-        provider_used=None,
-        prediction_id=new_id(),
-        prompt=req.prompt,
-        ratio=req.ratio,
-        output_format=req.output_format,
-        output_number=req.output_number,
-        input_file=req.input_file,
-        input_file_last_content=req.input_file_last_content,
-        duration=req.duration,
-        resolution=req.resolution,
-        generate_audio=req.generate_audio,
-        specific=req.specific,
-        output_files=None,
-        error=None,
-        error_code=None,
-        provider_errors=None,
-        cost_millis=cost,
-        credits_settled=False,
-        created_at=now,
-        started_at=None,
-        completed_at=None,
-        metrics_total_time=None,
-        metrics_predict_time=None,
-        lease_owner=None,
-        lease_expires_at=None,
-        claims=0,
-        provider_state=None,
-        updated_at=now,
-    )

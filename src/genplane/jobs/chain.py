@@ -31,6 +31,7 @@ import structlog
 from genplane.catalog.loader import Catalog, ModelEntry, ProviderBinding
 from genplane.clock import as_utc, utcnow
 from genplane.contract.errors import ERRORS, ApiError, ErrorName
+from genplane.contract.spec import SPEC_FIELDS
 from genplane.contract.status import AttemptOutcome
 from genplane.db.models import Generation
 from genplane.jobs.fetch import FileFetcher
@@ -171,23 +172,20 @@ class ProviderChain:
         inputs: list[InputImage],
         last_frame: InputImage | None,
     ) -> ProviderJob:
+        spec = {f.name: getattr(gen, f.name) for f in SPEC_FIELDS}
         return ProviderJob(
+            **{
+                **spec,
+                "ratio": gen.ratio or model.schema_.generation_ratio[0],
+                "output_format": gen.output_format or model.schema_.generation_output_format[0],
+                "specific": dict(gen.specific or {}),
+            },
             generation_id=gen.id,
             model_identifier=gen.model_identifier,
             native_model_id=binding.input_model_id
             if (inputs or last_frame) and binding.input_model_id
             else binding.model_id,
             model_type=gen.model_type,
-            prompt=gen.prompt,
-            ratio=gen.ratio or model.schema_.generation_ratio[0],
-            output_format=gen.output_format or model.schema_.generation_output_format[0],
-            output_number=gen.output_number,
-            input_file=gen.input_file,
-            input_file_last_content=gen.input_file_last_content,
-            duration=gen.duration,
-            resolution=gen.resolution,
-            generate_audio=gen.generate_audio,
-            specific=dict(gen.specific or {}),
             params=dict(binding.params),
             field_names=dict(binding.fields),
             value_maps={k: dict(v) for k, v in binding.values.items()},

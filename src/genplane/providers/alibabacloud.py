@@ -50,7 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.error_codes import CodeMeanings, coded_error, meaning_by_prefix
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.outputs import canceled_upstream
 from genplane.providers.sizes import aspect, size_near_area
 from genplane.settings import Settings
 
@@ -105,32 +107,28 @@ VIDEO_SIZES = {
     },
 }
 
-_POLICY_CODES = ("DataInspectionFailed", "DataInspection", "IPInfringementSuspect")
-_CREDIT_CODES = ("Arrearage", "AllocationQuota.FreeTierOnly")
-_UNAVAILABLE_CODES = ("InvalidApiKey", "AccessDenied", "Model.AccessDenied", "Workspace.AccessDenied")
-_INVALID_CODES = ("InvalidParameter", "BadRequest", "InvalidURL", "InvalidFile")
+RUNNING = frozenset({"PENDING", "RUNNING", "SUSPENDED"})
+DASHSCOPE_CODES: CodeMeanings = (
+    # The worker already downloaded the same file: the provider's fetch failed, not the input
+    # (listed before "BadRequest", which is a bad input).
+    ("bse_provider_error", ("BadRequest.InputDownloadFailed",)),
+    ("bse_content_policy_violation", ("DataInspectionFailed", "DataInspection", "IPInfringementSuspect")),
+    ("bse_provider_credits_exhausted", ("Arrearage", "AllocationQuota.FreeTierOnly")),
+    (
+        "bse_provider_unavailable",
+        ("InvalidApiKey", "AccessDenied", "Model.AccessDenied", "Workspace.AccessDenied", "Throttling"),
+    ),
+    ("bse_invalid_input", ("InvalidParameter", "BadRequest", "InvalidURL", "InvalidFile")),
+)
 
 
 def dashscope_error(code: str, message: str, fallback: ProviderError | None = None) -> ProviderError:
     """The contract error for a DashScope error code (HTTP answer, failed task or result item)."""
     text = f"{PROVIDER}: {code or 'error'}: {message}"
-    if code == "BadRequest.InputDownloadFailed":
-        # The worker already downloaded the same file: the provider's fetch failed, not the input.
-        return ProviderError("bse_provider_error", text, retryable=True)
-    if code.startswith(_POLICY_CODES):
-        return ProviderError("bse_content_policy_violation", text, retryable=False)
-    if code.startswith(_CREDIT_CODES):
-        return ProviderError("bse_provider_credits_exhausted", text, retryable=False)
-    if code.startswith(_UNAVAILABLE_CODES):
-        return ProviderError("bse_provider_unavailable", text, retryable=True)
-    if code.startswith("Throttling"):
-        retry_after = fallback.retry_after if fallback is not None else None
-        return ProviderError("bse_provider_unavailable", text, retryable=True, retry_after=retry_after)
-    if code.startswith(_INVALID_CODES):
-        return ProviderError("bse_invalid_input", text, retryable=False)
-    if fallback is not None:
-        return fallback
-    return ProviderError("bse_provider_error", text, retryable=True)
+    err = coded_error(meaning_by_prefix(code, DASHSCOPE_CODES), text, fallback)
+    if code.startswith("Throttling") and fallback is not None:
+        err.retry_after = fallback.retry_after  # the wait the 429 asked for
+    return err
 
 
 def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
@@ -190,16 +188,15 @@ class AlibabaCloudAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        self._key = settings.alibabacloud_api_key
-        headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"} if self._key else {}
+        self._has_key = settings.alibabacloud_api_key is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.alibabacloud_base_url, _refine,
-            headers=headers,
+            headers=key_headers(settings.alibabacloud_api_key),
         )
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
-        return bool(self._key and self._key.get_secret_value() and self.http.base_url)
+        return self._has_key and bool(self.http.base_url)
 
     # ---------------------------------------------------------------- routing
 
@@ -349,28 +346,22 @@ class AlibabaCloudAdapter:
     async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
         if prediction_id.startswith(SYNC_ID_PREFIX):
             return self.held.take(prediction_id)
-        while True:
-            answer = await self.http.poll_json(
-                "GET", TASKS + prediction_id
-            )
-            output = dig(answer, "output")
-            status = dig(output, "task_status")
-            if status == "SUCCEEDED":
-                return ProviderResult(outputs=self._outputs(job, output), predict_time=_predict_time(output))
-            if status == "FAILED":
-                code = dig(output, "code")
-                raise dashscope_error(str(code or ""), str(dig(output, "message") or "task failed"))
-            if status == "CANCELED":
-                raise ProviderError(
-                    "bse_provider_error", f"{PROVIDER} task {prediction_id} was canceled upstream.", True
-                )
-            if status == "UNKNOWN":
-                raise ProviderError(
-                    "bse_provider_error", f"{PROVIDER} does not know task {prediction_id} (expired?).", True
-                )
-            if status not in ("PENDING", "RUNNING", "SUSPENDED"):
-                raise ProviderError("bse_provider_error", f"{PROVIDER} reported status {status!r}.", True)
-            await self.http.pause()
+        answer = await self.http.poll_while(
+            TASKS + prediction_id, lambda task: dig(task, "output", "task_status") in RUNNING
+        )
+        output = dig(answer, "output")
+        status = dig(output, "task_status")
+        if status == "SUCCEEDED":
+            return ProviderResult(outputs=self._outputs(job, output), predict_time=_predict_time(output))
+        if status == "FAILED":
+            code, message = dig(output, "code"), dig(output, "message")
+            raise dashscope_error(str(code or ""), str(message or "task failed"))
+        if status == "CANCELED":
+            raise canceled_upstream(PROVIDER, prediction_id)
+        if status == "UNKNOWN":
+            message = f"{PROVIDER} does not know task {prediction_id} (expired?)."
+            raise ProviderError("bse_provider_error", message, True)
+        raise ProviderError("bse_provider_error", f"{PROVIDER} reported status {status!r}.", True)
 
     def _outputs(self, job: ProviderJob, output: Any) -> list[ProviderOutput]:
         video = dig(output, "video_url")
@@ -393,10 +384,5 @@ class AlibabaCloudAdapter:
         if prediction_id.startswith(SYNC_ID_PREFIX):
             self.held.drop(prediction_id)
             return False  # the call already ran to its end; there is nothing upstream to stop
-        try:
-            await self.http.send(
-                "POST", f"{TASKS}{prediction_id}/cancel"
-            )
-        except ProviderError:
-            return False  # no longer PENDING (running tasks cannot be stopped), or unreachable
-        return True
+        # Refused once the task is no longer PENDING: running tasks cannot be stopped.
+        return await self.http.accepted("POST", f"{TASKS}{prediction_id}/cancel")

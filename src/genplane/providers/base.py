@@ -9,10 +9,12 @@ URLs (before they expire) after it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from genplane.contract.errors import ErrorName
+from genplane.contract.spec import GenerationSpec
 
 # Failures that another provider would refuse just the same: the chain stops on them.
 CHAIN_STOPPING_ERRORS = frozenset(
@@ -47,8 +49,8 @@ class InputImage:
         return f"data:{self.content_type};base64,{base64.b64encode(self.data).decode()}"
 
 
-@dataclass(frozen=True)
-class ProviderJob:
+@dataclass(frozen=True, kw_only=True)
+class ProviderJob(GenerationSpec):
     """One unified job for one provider, with the catalogue's mapping for that provider.
 
     ``params`` are fixed native parameters the catalogue sets for this model on this
@@ -62,16 +64,6 @@ class ProviderJob:
     model_identifier: str
     native_model_id: str
     model_type: str
-    prompt: str
-    ratio: str
-    output_format: str
-    output_number: int
-    input_file: list[str] | None = None
-    input_file_last_content: str | None = None
-    duration: int | None = None
-    resolution: str | None = None
-    generate_audio: bool | None = None
-    specific: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     field_names: dict[str, str] = field(default_factory=dict)
     value_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -98,6 +90,20 @@ class ProviderJob:
         name = self.name(unified, default)
         if name and value is not None:
             body[name] = self.value(unified, value)
+
+    def optional_name(self, unified: str, default: str | None) -> str | None:
+        """The native name to send a unified field as, or None to leave it out: a field a
+        protocol sends only when asked to (the catalogue's ``""`` leaves it out even where the
+        protocol has a default name)."""
+        if unified in self.field_names:
+            return self.field_names[unified] or None
+        return default
+
+    def translated(self, unified: str, value: Any, spellings: Mapping[str, Any]) -> Any:
+        """The catalogue's translation of a value when it has one, else the protocol's ``spellings``."""
+        if unified in self.value_maps:
+            return self.value(unified, value)
+        return spellings.get(str(value), value)
 
     @property
     def seed(self) -> int | None:

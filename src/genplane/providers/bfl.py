@@ -36,10 +36,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import MAX_RETRY_AFTER_SECONDS, ProviderHttp, dig, json_body
-from genplane.providers.sizes import size_near_area
+from genplane.providers.http import MAX_RETRY_AFTER_SECONDS, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.sizes import exact_pixels, size_near_area
 from genplane.settings import Settings
 
+PROVIDER = "bfl"
 # Sentinel for ``fields: {generation_ratio: width,height}``: send pixel dimensions.
 WIDTH_HEIGHT = "width,height"
 # About one megapixel, the size the FLUX endpoints are priced and tuned for.
@@ -51,6 +52,7 @@ _EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
 _CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 _MODERATED = {"Request Moderated", "Content Moderated"}
+_SETTLED = {"Ready", "Error", "Task not found", *_MODERATED}
 # Waits for a 429 on the 2nd..Nth task of a job before giving up on the submit.
 _LATER_TASK_RATE_LIMIT_RETRIES = 3
 
@@ -73,22 +75,14 @@ def dimensions(ratio: str) -> tuple[int, int]:
     return size_near_area(ratio, _TARGET_AREA, _STEP, _MIN_SIDE, _MAX_SIDE)
 
 
-def _mapped(job: ProviderJob, unified: str, value: Any, defaults: dict[str, Any]) -> Any:
-    """The catalogue's translation of a value when it has one, else this protocol's."""
-    if unified in job.value_maps:
-        return job.value(unified, value)
-    return defaults.get(str(value), value)
-
-
 class BflAdapter:
-    provider_id = "bfl"
+    provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.bfl_api_key.get_secret_value() if settings.bfl_api_key else ""
-        self._has_key = bool(key)
+        self._has_key = settings.bfl_api_key is not None
         self.http = ProviderHttp.for_settings(
-            "bfl", client, settings, settings.bfl_base_url, refine_error,
-            headers={"x-key": key} if key else {},
+            PROVIDER, client, settings, settings.bfl_base_url, refine_error,
+            headers=key_headers(settings.bfl_api_key, "x-key", scheme=""),
         )
         base = urlsplit(self.http.base_url)
         self._scheme = base.scheme or "https"
@@ -108,12 +102,11 @@ class BflAdapter:
         ratio_name = job.name("generation_ratio", "aspect_ratio" if uses_aspect else WIDTH_HEIGHT)
         ratio = job.value("generation_ratio", job.ratio)
         if ratio_name == WIDTH_HEIGHT:
-            width, height = self._size(str(ratio))
-            body["width"], body["height"] = width, height
+            body["width"], body["height"] = exact_pixels(str(ratio)) or dimensions(str(ratio))
         else:
             body[ratio_name] = ratio
-        body[job.name("generation_output_format", "output_format")] = _mapped(
-            job, "generation_output_format", job.output_format, _NATIVE_FORMATS
+        body[job.name("generation_output_format", "output_format")] = job.translated(
+            "generation_output_format", job.output_format, _NATIVE_FORMATS
         )
         if job.seed is not None:
             # Distinct seeds, or N tasks would paint the same picture N times.
@@ -128,16 +121,6 @@ class BflAdapter:
             body[name] = base64.b64encode(image.data).decode()
         body.update(job.params)
         return body
-
-    @staticmethod
-    def _size(value: str) -> tuple[int, int]:
-        if "x" in value:  # the catalogue gave exact pixels, e.g. "1440x816"
-            try:
-                w_text, h_text = value.lower().split("x")
-                return int(w_text), int(h_text)
-            except ValueError:
-                pass
-        return dimensions(value)
 
     async def submit(self, job: ProviderJob) -> str:
         entries = []
@@ -193,38 +176,32 @@ class BflAdapter:
         if not self._trusted(host):
             host = self._base_host
         url = f"{self._scheme}://{host}/v1/get_result"
-        while True:
-            data = await self.http.poll_json(
-                "GET", url, params={"id": task_id}
+        data = await self.http.poll_while(url, _pending, params={"id": task_id})
+        status = dig(data, "status")
+        if status == "Ready":
+            result = dig(data, "result")
+            if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
+                raise ProviderError("bse_provider_error", "bfl reported Ready without a sample.", True)
+            return result
+        if status in _MODERATED:
+            reasons = dig(data, "details", "Moderation Reasons")
+            why = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons else ""
+            raise ProviderError(
+                "bse_content_policy_violation",
+                f"bfl refused the task: {status}{why}.",
+                retryable=False,
             )
-            status = dig(data, "status")
-            if status == "Ready":
-                result = dig(data, "result")
-                if not isinstance(result, dict) or not isinstance(result.get("sample"), str):
-                    raise ProviderError("bse_provider_error", "bfl reported Ready without a sample.", True)
-                return result
-            if status in _MODERATED:
-                reasons = dig(data, "details", "Moderation Reasons")
-                why = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons else ""
-                raise ProviderError(
-                    "bse_content_policy_violation",
-                    f"bfl refused the task: {status}{why}.",
-                    retryable=False,
-                )
-            if status == "Error":
-                message = f"bfl task {task_id} failed: {_details(data)}"
-                raise ProviderError("bse_provider_error", message, retryable=True)
-            if status == "Task not found":
-                message = f"bfl no longer knows task {task_id} (expired or never created)."
-                raise ProviderError("bse_provider_error", message, retryable=True)
-            if not isinstance(status, str):
-                raise ProviderError("bse_provider_error", "bfl sent a status answer without a status.", True)
-            # Pending, or a state this adapter does not know yet: keep polling.
-            await self.http.pause()
+        if status == "Error":
+            message = f"bfl task {task_id} failed: {_details(data)}"
+            raise ProviderError("bse_provider_error", message, retryable=True)
+        if status == "Task not found":
+            message = f"bfl no longer knows task {task_id} (expired or never created)."
+            raise ProviderError("bse_provider_error", message, retryable=True)
+        raise ProviderError("bse_provider_error", "bfl sent a status answer without a status.", True)
 
     @staticmethod
     def _output(job: ProviderJob, result: dict[str, Any]) -> ProviderOutput:
-        native = str(_mapped(job, "generation_output_format", job.output_format, _NATIVE_FORMATS))
+        native = str(job.translated("generation_output_format", job.output_format, _NATIVE_FORMATS))
         ext = _EXTENSIONS.get(native.lower(), job.output_format)
         return ProviderOutput(
             ext=ext, content_type=_CONTENT_TYPES.get(ext, "application/octet-stream"), url=result["sample"]
@@ -233,6 +210,12 @@ class BflAdapter:
     async def cancel(self, prediction_id: str) -> bool:
         # The API offers no way to stop a task; it finishes (and is billed) regardless.
         return False
+
+
+def _pending(data: Any) -> bool:
+    """Pending, or a state this adapter does not know yet: polled again."""
+    status = dig(data, "status")
+    return isinstance(status, str) and status not in _SETTLED
 
 
 def _details(data: Any) -> str:

@@ -34,8 +34,6 @@ Protocol facts this adapter relies on:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,7 +47,9 @@ from genplane.providers.base import (
     ProviderOutput,
     ProviderResult,
 )
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.error_codes import CodeMeanings, coded_error, meaning_by_prefix
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.outputs import canceled_upstream, decode_base64
 from genplane.settings import Settings
 
 PROVIDER = "byteplus"
@@ -70,25 +70,20 @@ SEEDREAM_SIZES = {
 }
 INLINE_IMAGE_MAX_BYTES = 7 * 1024 * 1024  # base64 of this stays under Ark's 10 MB per image
 
-_CREDIT_CODES = ("AccountOverdueError", "QuotaExceeded", "SetLimitExceeded")
-_UNAVAILABLE_CODES = ("ModelNotOpen", "InvalidEndpoint", "AccessDenied", "AuthenticationError")
-_INVALID_CODES = ("InvalidParameter", "MissingParameter", "InvalidArgument")
+RUNNING = frozenset({"queued", "running"})
+ARK_CODES: CodeMeanings = (
+    ("bse_provider_credits_exhausted", ("AccountOverdueError", "QuotaExceeded", "SetLimitExceeded")),
+    ("bse_provider_unavailable", ("ModelNotOpen", "InvalidEndpoint", "AccessDenied", "AuthenticationError")),
+    ("bse_invalid_input", ("InvalidParameter", "MissingParameter", "InvalidArgument")),
+)
 
 
 def ark_error(code: str, message: str, fallback: ProviderError | None = None) -> ProviderError:
     """The contract error for an Ark error code (from an HTTP answer or a failed task)."""
-    text = f"{PROVIDER}: {code or 'error'}: {message}".strip()
-    if "SensitiveContent" in code:
-        return ProviderError("bse_content_policy_violation", text, retryable=False)
-    if code.startswith(_CREDIT_CODES):
-        return ProviderError("bse_provider_credits_exhausted", text, retryable=False)
-    if code.startswith(_UNAVAILABLE_CODES):
-        return ProviderError("bse_provider_unavailable", text, retryable=True)
-    if code.startswith(_INVALID_CODES):
-        return ProviderError("bse_invalid_input", text, retryable=False)
-    if fallback is not None:
-        return fallback
-    return ProviderError("bse_provider_error", text, retryable=True)
+    # Moderation codes start with what was refused ("InputImageSensitiveContentDetected").
+    policy = "SensitiveContent" in code
+    meaning = "bse_content_policy_violation" if policy else meaning_by_prefix(code, ARK_CODES)
+    return coded_error(meaning, f"{PROVIDER}: {code or 'error'}: {message}".strip(), fallback)
 
 
 def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
@@ -126,16 +121,15 @@ class BytePlusAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        self._key = settings.byteplus_api_key
-        headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"} if self._key else {}
+        self._has_key = settings.byteplus_api_key is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.byteplus_base_url, _refine,
-            headers=headers,
+            headers=key_headers(settings.byteplus_api_key),
         )
         self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
-        return bool(self._key and self._key.get_secret_value() and self.http.base_url)
+        return self._has_key and bool(self.http.base_url)
 
     # ------------------------------------------------------------------ submit
 
@@ -195,11 +189,7 @@ class BytePlusAdapter:
                 ext, ctype = _url_ext(item["url"], ("jpg", "image/jpeg"))
                 outputs.append(ProviderOutput(ext=ext, content_type=ctype, url=item["url"]))
             elif isinstance(item.get("b64_json"), str) and item["b64_json"]:
-                try:
-                    data = base64.b64decode(item["b64_json"], validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    message = f"{PROVIDER} sent broken base64."
-                    raise ProviderError("bse_provider_error", message, True) from exc
+                data = decode_base64(PROVIDER, item["b64_json"])
                 ext, ctype = _image_ext(data)
                 outputs.append(ProviderOutput(ext=ext, content_type=ctype, data=data))
             elif isinstance(item.get("error"), dict):
@@ -244,31 +234,23 @@ class BytePlusAdapter:
         if prediction_id.startswith(IMAGE_ID_PREFIX):
             return self.held.take(prediction_id)
         path = f"{TASKS_PATH}/{prediction_id}"
-        while True:
-            task = await self.http.poll_json("GET", path)
-            status = dig(task, "status")
-            if status == "succeeded":
-                url = dig(task, "content", "video_url")
-                if not isinstance(url, str) or not url:
-                    raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without a video.", True)
-                return ProviderResult(
-                    outputs=[ProviderOutput(ext="mp4", content_type="video/mp4", url=url)],
-                    predict_time=_elapsed(task),
-                )
-            if status == "failed":
-                err = dig(task, "error") or {}
-                raise ark_error(str(dig(err, "code") or ""), str(dig(err, "message") or "task failed"))
-            if status == "cancelled":
-                raise ProviderError(
-                    "bse_provider_error", f"{PROVIDER} task {prediction_id} was canceled upstream.", True
-                )
-            if status == "expired":
-                raise ProviderError(
-                    "bse_provider_timeout", f"{PROVIDER} task {prediction_id} expired before it ran.", True
-                )
-            if status not in ("queued", "running"):
-                raise ProviderError("bse_provider_error", f"{PROVIDER} reported status {status!r}.", True)
-            await self.http.pause()
+        task = await self.http.poll_while(path, lambda answer: dig(answer, "status") in RUNNING)
+        status = dig(task, "status")
+        if status == "succeeded":
+            url = dig(task, "content", "video_url")
+            if not isinstance(url, str) or not url:
+                raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without a video.", True)
+            output = ProviderOutput(ext="mp4", content_type="video/mp4", url=url)
+            return ProviderResult(outputs=[output], predict_time=_elapsed(task))
+        if status == "failed":
+            error = dig(task, "error")
+            raise ark_error(str(dig(error, "code") or ""), str(dig(error, "message") or "task failed"))
+        if status == "cancelled":
+            raise canceled_upstream(PROVIDER, prediction_id)
+        if status == "expired":
+            message = f"{PROVIDER} task {prediction_id} expired before it ran."
+            raise ProviderError("bse_provider_timeout", message, True)
+        raise ProviderError("bse_provider_error", f"{PROVIDER} reported status {status!r}.", True)
 
     # ------------------------------------------------------------------ cancel
 
@@ -276,13 +258,8 @@ class BytePlusAdapter:
         if prediction_id.startswith(IMAGE_ID_PREFIX):
             self.held.drop(prediction_id)
             return False  # the call already ran to its end; there is nothing upstream to stop
-        try:
-            await self.http.send(
-                "DELETE", f"{TASKS_PATH}/{prediction_id}"
-            )
-        except ProviderError:
-            return False  # running (not cancellable on Ark), already gone, or unreachable
-        return True
+        # Refused for a running task: Ark cancels queued ones only.
+        return await self.http.accepted("DELETE", f"{TASKS_PATH}/{prediction_id}")
 
 
 def _elapsed(task: Any) -> float | None:

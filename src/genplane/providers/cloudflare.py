@@ -30,19 +30,21 @@ Protocol facts this adapter relies on:
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import binascii
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
+from genplane.contract.errors import ErrorName
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
-from genplane.providers.sizes import size_near_area
+from genplane.providers.error_codes import coded_error
+from genplane.providers.forms import form_value
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.outputs import decode_base64
+from genplane.providers.sizes import exact_pixels, size_near_area
+from genplane.providers.synchronous import all_or_first_failure
 from genplane.settings import Settings
 
 PROVIDER = "cloudflare"
@@ -57,8 +59,6 @@ _MODERATION_CODES = {3030}
 _CREDENTIAL_CODES = {10000, 6003, 6111, 9106, 9109}
 _MODEL_CODES = {5007, 3042}
 _MODERATION_WORDS = ("nsfw", "content policy", "unsafe content", "safety filter")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,18 +109,16 @@ def cloudflare_error(errors: Any, fallback: ProviderError | None = None) -> Prov
     codes = {e.get("code") for e in items}
     text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in items)[:300] or "no error details"
     lowered = text.lower()
-    message = f"{PROVIDER}: {text}"
+    meaning: ErrorName | None = None
     if codes & _MODERATION_CODES or any(word in lowered for word in _MODERATION_WORDS):
-        return ProviderError("bse_content_policy_violation", message, retryable=False)
-    if codes & _CREDIT_CODES or "daily free allocation" in lowered:
-        return ProviderError("bse_provider_credits_exhausted", message, retryable=False)
-    if codes & _CREDENTIAL_CODES:
+        meaning = "bse_content_policy_violation"
+    elif codes & _CREDIT_CODES or "daily free allocation" in lowered:
+        meaning = "bse_provider_credits_exhausted"
+    elif codes & _CREDENTIAL_CODES:
         return ProviderError("bse_provider_unavailable", f"{PROVIDER} refused the credentials.", True)
-    if codes & _MODEL_CODES:
-        return ProviderError("bse_provider_unavailable", message, retryable=True)
-    if fallback is not None:
-        return fallback
-    return ProviderError("bse_provider_error", message, retryable=True)
+    elif codes & _MODEL_CODES:
+        meaning = "bse_provider_unavailable"
+    return coded_error(meaning, f"{PROVIDER}: {text}", fallback)
 
 
 def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
@@ -140,35 +138,15 @@ def sniff(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _name(job: ProviderJob, unified: str, default: str | None) -> str | None:
-    """The native name to send a unified field as, or None to leave it out."""
-    if unified in job.field_names:
-        return job.field_names[unified] or None
-    return default
-
-
-async def _all(calls: list[Awaitable[T]]) -> list[T]:
-    """Run calls concurrently; on the first failure stop the others and raise it."""
-    tasks = [asyncio.ensure_future(c) for c in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
 class CloudflareAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        token = settings.cloudflare_api_token.get_secret_value() if settings.cloudflare_api_token else ""
-        self._has_token = bool(token)
+        self._has_token = settings.cloudflare_api_token is not None
         self.account_id = settings.cloudflare_account_id.strip()
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.cloudflare_base_url, _refine,
-            headers={"Authorization": f"Bearer {token}"} if token else {},
+            headers=key_headers(settings.cloudflare_api_token),
         )
         self.held = HeldResults(PROVIDER)
 
@@ -184,12 +162,13 @@ class CloudflareAdapter:
         """The scalar inputs of the ``index``-th call (input images are added by the caller)."""
         profile = profile_for(job.native_model_id)
         body: dict[str, Any] = {job.name("generation_prompt", "prompt"): job.prompt}
-        ratio_name = _name(job, "generation_ratio", WIDTH_HEIGHT if profile.size else None)
+        ratio_name = job.optional_name("generation_ratio", WIDTH_HEIGHT if profile.size else None)
         if ratio_name == WIDTH_HEIGHT:
-            body["width"], body["height"] = self._size(str(job.value("generation_ratio", job.ratio)))
+            ratio = str(job.value("generation_ratio", job.ratio))
+            body["width"], body["height"] = exact_pixels(ratio) or dimensions(ratio)
         elif ratio_name:
             body[ratio_name] = job.value("generation_ratio", job.ratio)
-        seed_name = _name(job, "generation_seed", profile.seed)
+        seed_name = job.optional_name("generation_seed", profile.seed)
         if job.seed is not None and seed_name:
             # Distinct seeds, or N calls would paint the same picture N times.
             body[seed_name] = (job.seed + index) % 2**32
@@ -200,24 +179,14 @@ class CloudflareAdapter:
         )
         for unified, default in optional:
             value = job.specific.get(unified)
-            name = _name(job, unified, default)
+            name = job.optional_name(unified, default)
             if value is not None and value != "" and name:
                 body[name] = job.value(unified, value)
         body.update(job.params)
         return body
 
-    @staticmethod
-    def _size(value: str) -> tuple[int, int]:
-        if "x" in value.lower():  # the catalogue gave exact pixels, e.g. "1344x768"
-            try:
-                w_text, h_text = value.lower().split("x")
-                return int(w_text), int(h_text)
-            except ValueError:
-                pass
-        return dimensions(value)
-
     def _image_names(self, job: ProviderJob, profile: Profile) -> list[str]:
-        name = _name(job, "generation_input_file", profile.image)
+        name = job.optional_name("generation_input_file", profile.image)
         if not name or not job.inputs:
             return []
         if "{i}" not in name:
@@ -230,7 +199,7 @@ class CloudflareAdapter:
         names = self._image_names(job, profile)
         path = self.path(job.native_model_id)
         if profile.multipart:
-            parts: list[tuple[str, Any]] = [(k, (None, _form_value(v))) for k, v in fields.items()]
+            parts: list[tuple[str, Any]] = [(k, (None, form_value(v))) for k, v in fields.items()]
             for name, image in zip(names, job.inputs, strict=False):
                 ext = (sniff(image.data) or ("png", ""))[0]
                 parts.append((name, (f"{name}.{ext}", image.data, image.content_type)))
@@ -260,15 +229,12 @@ class CloudflareAdapter:
         encoded = dig(doc, "result", "image")
         if not isinstance(encoded, str) or not encoded:
             raise ProviderError("bse_provider_error", f"{PROVIDER} answered without an image.", True)
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProviderError("bse_provider_error", f"{PROVIDER} sent broken base64.", True) from exc
+        return decode_base64(PROVIDER, encoded)
 
     # -- the adapter protocol -------------------------------------------------------
 
     async def submit(self, job: ProviderJob) -> str:
-        outputs = await _all([self._call(job, i) for i in range(max(1, job.output_number))])
+        outputs = await all_or_first_failure(self._call(job, i) for i in range(max(1, job.output_number)))
         return self.held.hold(f"{ID_PREFIX}{uuid.uuid4().hex}", ProviderResult(outputs=outputs))
 
     async def wait(self, job: ProviderJob, prediction_id: str) -> ProviderResult:
@@ -278,9 +244,3 @@ class CloudflareAdapter:
         # The call already ran to its end inside ``submit``: there is nothing upstream to stop.
         self.held.drop(prediction_id)
         return False
-
-
-def _form_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

@@ -36,7 +36,8 @@ import orjson
 
 from genplane.contract.errors import ErrorName
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, dig, error_for_status
+from genplane.providers.hosted_models import CustomaryNames, model_input, one_call_per_output
+from genplane.providers.http import ProviderHttp, dig, error_for_status, key_headers
 from genplane.providers.outputs import canceled_upstream, output_for
 from genplane.providers.sizes import aspect, size_near_area
 from genplane.settings import Settings
@@ -63,7 +64,13 @@ _IMAGE_SIZE_PRESETS = {
     "3:4": "portrait_4_3",
     "9:16": "portrait_16_9",
 }
-_LIST_IMAGE_FIELDS = frozenset({"image_urls", "input_image_urls", "reference_image_urls"})
+NAMES = CustomaryNames(
+    output_number="num_images",
+    image_input="image_urls",
+    frame_input="image_url",
+    last_frame="end_image_url",
+    list_inputs=frozenset({"image_urls", "input_image_urls", "reference_image_urls"}),
+)
 # Result fetches that hit a busy edge (not a model answer) are retried this often.
 _RESULT_FETCH_RETRIES = 5
 
@@ -114,23 +121,20 @@ class FalAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.fal_key.get_secret_value() if settings.fal_key else ""
-        self._configured = bool(key.strip())
+        self._has_key = settings.fal_key is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.fal_queue_url, FalAdapter.error,
-            headers={"Authorization": f"Key {key.strip()}"},
+            headers=key_headers(settings.fal_key, scheme="Key"),
         )
 
     def configured(self) -> bool:
-        return self._configured
+        return self._has_key
 
     # -- request ---------------------------------------------------------------------
 
     def native_input(self, job: ProviderJob, index: int = 0, per_call: bool = False) -> dict[str, Any]:
         """The model's input for one request; a field the catalogue maps to ``""`` is not sent."""
-        body: dict[str, Any] = {}
-
-        job.put(body, "generation_prompt", "prompt", job.prompt)
+        body = model_input(job, NAMES, index, per_call)
         default_ratio = "aspect_ratio" if job.model_type == "video" else "image_size"
         ratio_name = job.name("generation_ratio", default_ratio)
         if ratio_name and job.ratio:
@@ -145,34 +149,19 @@ class FalAdapter:
                 if not _mapped(job, "generation_output_format", job.output_format):
                     fmt = {"jpg": "jpeg"}.get(job.output_format, job.output_format)  # fal says jpeg
                 body[name] = fmt
-            if not per_call and job.output_number > 1:
-                job.put(body, "generation_output_number", "num_images", job.output_number)
-        seed = job.seed
-        job.put(body, "generation_seed", "seed", None if seed is None else seed + index)
-        negative = job.specific.get("generation_negative_prompt")
-        job.put(body, "generation_negative_prompt", "negative_prompt", negative)
-        if job.inputs:
-            default = "image_url" if job.model_type == "video" else "image_urls"
-            name = job.name("generation_input_file", default)
-            if name:
-                urls = [image.url for image in job.inputs]
-                body[name] = urls if name in _LIST_IMAGE_FIELDS or name.endswith("s") else urls[0]
-        if job.model_type == "video":
-            if job.duration is not None and (name := job.name("generation_duration", "duration")):
-                # fal's video models take the duration as a string enum ("5", "10").
-                mapped = _mapped(job, "generation_duration", job.duration)
-                body[name] = job.value("generation_duration", job.duration) if mapped else str(job.duration)
-            job.put(body, "generation_resolution", "resolution", job.resolution)
-            job.put(body, "generation_generate_audio", "generate_audio", job.generate_audio)
-            if job.last_frame is not None:
-                job.put(body, "generation_input_file_last_content", "end_image_url", job.last_frame.url)
+        duration_name = job.name("generation_duration", "duration")
+        if job.model_type == "video" and job.duration is not None and duration_name:
+            # fal's video models take the duration as a string enum ("5", "10").
+            mapped = _mapped(job, "generation_duration", job.duration)
+            duration = job.value("generation_duration", job.duration) if mapped else str(job.duration)
+            body[duration_name] = duration
         body.update(job.params)
         return body
 
     async def submit(self, job: ProviderJob) -> str:
         app = app_id(job.native_model_id)
         endpoint = "/".join(quote(p, safe="") for p in job.native_model_id.strip().strip("/").split("/") if p)
-        per_call = job.output_number > 1 and job.name("generation_output_number", "num_images") == ""
+        per_call = one_call_per_output(job, NAMES)
         ids: list[str] = []
         try:
             for index in range(job.output_number if per_call else 1):
@@ -232,18 +221,13 @@ class FalAdapter:
     async def _until_done(self, app: str, request_id: str) -> float | None:
         """Poll until COMPLETED; the runner's inference time when fal reports it."""
         path = f"{self._request_path(app, request_id)}/status"
-        while True:
-            status = await self.http.poll_json("GET", path)
-            state = dig(status, "status")
-            if state in RUNNING:
-                await self.http.pause()
-                continue
-            if state == "COMPLETED":
-                took = dig(status, "metrics", "inference_time")
-                return float(took) if isinstance(took, int | float) else None
-            raise ProviderError(
-                "bse_provider_error", f"{PROVIDER} reported an unknown status {str(state)[:40]!r}.", True
-            )
+        status = await self.http.poll_while(path, lambda answer: dig(answer, "status") in RUNNING)
+        state = dig(status, "status")
+        if state != "COMPLETED":
+            message = f"{PROVIDER} reported an unknown status {str(state)[:40]!r}."
+            raise ProviderError("bse_provider_error", message, True)
+        took = dig(status, "metrics", "inference_time")
+        return float(took) if isinstance(took, int | float) else None
 
     async def _result(self, app: str, request_id: str) -> Any:
         """The finished request's answer: its output, or the error it ended with."""
@@ -323,8 +307,4 @@ class FalAdapter:
         return all(results)
 
     async def _cancel_one(self, app: str, request_id: str) -> bool:
-        try:
-            await self.http.send("PUT", f"{self._request_path(app, request_id)}/cancel")
-        except ProviderError:
-            return False
-        return True
+        return await self.http.accepted("PUT", f"{self._request_path(app, request_id)}/cancel")

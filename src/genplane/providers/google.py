@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import copy
 import re
 import uuid
@@ -44,8 +43,9 @@ from urllib.parse import quote
 import httpx
 
 from genplane.providers.base import InputImage, ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
-from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, ext_for, image_output
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.outputs import CONTENT_TYPES, canceled_upstream, decode_base64, ext_for, image_output
+from genplane.providers.synchronous import all_or_first_failure, whole_generation_timeout
 from genplane.settings import Settings
 
 PROVIDER = "google"
@@ -101,6 +101,12 @@ def put(target: dict[str, Any], name: str, value: Any) -> None:
     target[last] = value
 
 
+def put_field(target: dict[str, Any], job: ProviderJob, unified: str, default: str, value: Any) -> None:
+    """Set a unified field's value, translated for the model, at its native (dotted) name."""
+    if value is not None:
+        put(target, job.name(unified, default), job.value(unified, value))
+
+
 def merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
     """Deep-merge the catalogue's fixed params into a native object."""
     for key, value in extra.items():
@@ -112,13 +118,6 @@ def merge(target: dict[str, Any], extra: dict[str, Any]) -> None:
 
 def _blob(image: InputImage) -> dict[str, str]:
     return {"bytesBase64Encoded": base64.b64encode(image.data).decode(), "mimeType": image.content_type}
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProviderError("bse_provider_error", f"{PROVIDER} sent undecodable base64.", True) from exc
 
 
 def _policy(message: str) -> ProviderError:
@@ -166,17 +165,13 @@ class GoogleAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.google_api_key.get_secret_value().strip() if settings.google_api_key else ""
-        self._has_key = bool(key)
+        self._has_key = settings.google_api_key is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.google_base_url, refine_error,
-            headers={"x-goog-api-key": key} if key else {},
+            headers=key_headers(settings.google_api_key, "x-goog-api-key", scheme=""),
         )
         self.api_host = httpx.URL(self.http.base_url).host if self.http.base_url else ""
-        # A synchronous image call is the whole generation; it may take as long as the attempt.
-        self.image_timeout = max(
-            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
-        )
+        self.image_timeout = whole_generation_timeout(settings)
         self.max_output_bytes = settings.max_output_file_bytes
         self.held = HeldResults(PROVIDER)
 
@@ -197,12 +192,7 @@ class GoogleAdapter:
             calls = [self._imagen(job, n) for n in counts]
         else:
             calls = [self._gemini(job, i) for i in range(max(1, job.output_number))]
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(call) for call in calls]
-        except* ProviderError as failures:
-            raise failures.exceptions[0] from None
-        outputs = [output for task in tasks for output in task.result()]
+        outputs = [output for batch in await all_or_first_failure(calls) for output in batch]
         took = round(asyncio.get_running_loop().time() - started, 3)
         result = ProviderResult(outputs=outputs, predict_time=took)
         return self.held.hold(f"{SYNC_PREFIX}{uuid.uuid4().hex}", result)
@@ -228,18 +218,13 @@ class GoogleAdapter:
             )
         parameters: dict[str, Any] = {"includeRaiReason": True}
         put(parameters, job.name("generation_output_number", "sampleCount"), count)
-        put(parameters, job.name("generation_ratio", "aspectRatio"), job.value("generation_ratio", job.ratio))
+        put_field(parameters, job, "generation_ratio", "aspectRatio", job.ratio)
         if "generation_output_format" in job.value_maps:
             mime = job.value("generation_output_format", job.output_format)
         else:
             mime = _IMAGEN_MIME.get(job.output_format)  # WebP is not offered: converted on arrival
         put(parameters, job.name("generation_output_format", "outputOptions.mimeType"), mime)
-        if job.resolution:
-            put(
-                parameters,
-                job.name("generation_resolution", "sampleImageSize"),
-                job.value("generation_resolution", job.resolution),
-            )
+        put_field(parameters, job, "generation_resolution", "sampleImageSize", job.resolution or None)
         self._named_only(job, parameters, "generation_negative_prompt")
         self._named_only(job, parameters, "generation_seed")
         merge(parameters, {k: v for k, v in job.params.items() if k != "api"})
@@ -267,7 +252,7 @@ class GoogleAdapter:
         for prediction in predictions:
             encoded = dig(prediction, "bytesBase64Encoded")
             if isinstance(encoded, str) and encoded:
-                images.append(_b64(encoded))
+                images.append(decode_base64(PROVIDER, encoded))
             elif dig(prediction, "raiFilteredReason"):
                 reasons.append(str(dig(prediction, "raiFilteredReason"))[:200])
         if not images:
@@ -284,17 +269,8 @@ class GoogleAdapter:
             data = base64.b64encode(image.data).decode()
             parts.append({"inlineData": {"mimeType": image.content_type, "data": data}})
         config: dict[str, Any] = {"responseModalities": ["TEXT", "IMAGE"]}
-        put(
-            config,
-            job.name("generation_ratio", "imageConfig.aspectRatio"),
-            job.value("generation_ratio", job.ratio),
-        )
-        if job.resolution:
-            put(
-                config,
-                job.name("generation_resolution", "imageConfig.imageSize"),
-                job.value("generation_resolution", job.resolution),
-            )
+        put_field(config, job, "generation_ratio", "imageConfig.aspectRatio", job.ratio)
+        put_field(config, job, "generation_resolution", "imageConfig.imageSize", job.resolution or None)
         if job.seed is not None:
             put(config, job.name("generation_seed", "seed"), (job.seed + index) % 2**31)
         body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
@@ -327,7 +303,7 @@ class GoogleAdapter:
                 inline = dig(part, "inlineData") or dig(part, "inline_data")
                 data = dig(inline, "data")
                 if isinstance(data, str) and data:
-                    images.append(_b64(data))
+                    images.append(decode_base64(PROVIDER, data))
                 elif isinstance(dig(part, "text"), str):
                     texts.append(str(dig(part, "text")))
         if images:
@@ -354,19 +330,9 @@ class GoogleAdapter:
         if job.last_frame is not None:
             put(instance, job.name("generation_input_file_last_content", "lastFrame"), _blob(job.last_frame))
         parameters: dict[str, Any] = {}
-        put(parameters, job.name("generation_ratio", "aspectRatio"), job.value("generation_ratio", job.ratio))
-        if job.duration is not None:
-            put(
-                parameters,
-                job.name("generation_duration", "durationSeconds"),
-                job.value("generation_duration", job.duration),
-            )
-        if job.resolution:
-            put(
-                parameters,
-                job.name("generation_resolution", "resolution"),
-                job.value("generation_resolution", job.resolution),
-            )
+        put_field(parameters, job, "generation_ratio", "aspectRatio", job.ratio)
+        put_field(parameters, job, "generation_duration", "durationSeconds", job.duration)
+        put_field(parameters, job, "generation_resolution", "resolution", job.resolution or None)
         negative = job.specific.get("generation_negative_prompt")
         put(parameters, job.name("generation_negative_prompt", "negativePrompt"), negative)
         if job.output_number > 1:
@@ -390,17 +356,12 @@ class GoogleAdapter:
     async def _wait_video(self, job: ProviderJob, name: str) -> ProviderResult:
         if not _OPERATION.match(name) or ".." in name:
             raise ProviderError("bse_provider_error", f"Malformed {PROVIDER} operation name.", False)
-        while True:
-            operation = await self.http.poll_json(
-                "GET", f"/v1beta/{name}"
-            )
-            if not isinstance(operation, dict):
-                raise ProviderError(
-                    "bse_provider_error", f"{PROVIDER} sent an operation that is no object.", True
-                )
-            if operation.get("done") is True:
-                break
-            await self.http.pause()
+        operation = await self.http.poll_while(
+            f"/v1beta/{name}", lambda op: isinstance(op, dict) and op.get("done") is not True
+        )
+        if not isinstance(operation, dict):
+            message = f"{PROVIDER} sent an operation that is no object."
+            raise ProviderError("bse_provider_error", message, True)
         if isinstance(operation.get("error"), dict):
             raise _operation_failure(name, operation["error"])
         answer = dig(operation, "response", "generateVideoResponse")
@@ -421,7 +382,7 @@ class GoogleAdapter:
         video = dig(sample, "video")
         encoded = dig(video, "encodedVideo")
         if isinstance(encoded, str) and encoded:
-            return ProviderOutput(ext="mp4", content_type="video/mp4", data=_b64(encoded))
+            return ProviderOutput(ext="mp4", content_type="video/mp4", data=decode_base64(PROVIDER, encoded))
         uri = dig(video, "uri")
         if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
             return None

@@ -8,14 +8,14 @@ add only what their protocol says on top (moderation flags, status values).
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
+from pydantic import SecretStr
 
+from genplane.net.retry_after import parse_retry_after
 from genplane.providers.base import PredictionLost, ProviderError, ProviderResult
 
 if TYPE_CHECKING:
@@ -32,22 +32,6 @@ class _Default:
 
 
 _DEFAULT = _Default()
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _detail(body: bytes) -> str:
@@ -216,6 +200,31 @@ class ProviderHttp:
                 await asyncio.sleep(min(wait, MAX_RETRY_AFTER_SECONDS))
                 delay = min(delay * 2, 10.0)
 
+    async def poll_while(self, path: str, running: Callable[[Any], bool], **kw: Any) -> Any:
+        """The first status answer of a remote task for which ``running`` is false.
+
+        The task is only observed: whatever it is then, success or failure, is the adapter's
+        to read. Passing failures of a poll are waited out by :meth:`poll_json`; the worker's
+        attempt deadline bounds the whole wait.
+        """
+        while True:
+            answer = await self.poll_json("GET", path, **kw)
+            if not running(answer):
+                return answer
+            await self.pause()
+
+    async def accepted(self, method: str, path: str) -> bool:
+        """Whether the provider accepted a request whose answer carries nothing else (a cancel).
+
+        A refusal is an answer, not a failure: the task had ended, was already gone, or
+        cannot be stopped in its state, and the caller can do nothing more about it.
+        """
+        try:
+            await self.send(method, path)
+        except ProviderError:
+            return False
+        return True
+
     async def pause(self) -> None:
         """Wait one poll interval between status checks."""
         await asyncio.sleep(self.poll_interval)
@@ -271,3 +280,15 @@ class HeldResults:
 
     def drop(self, prediction_id: str) -> bool:
         return self._results.pop(prediction_id, None) is not None
+
+
+def key_headers(
+    key: SecretStr | None, header: str = "Authorization", scheme: str = "Bearer"
+) -> dict[str, str]:
+    """How a provider key travels: the request header carrying ``key`` (``"<scheme> <key>"``, or
+    the bare key without a scheme). Settings already turned a blank key into None; without a
+    key no header is sent, and the adapter reports itself unconfigured."""
+    if key is None:
+        return {}
+    secret = key.get_secret_value()
+    return {header: f"{scheme} {secret}" if scheme else secret}

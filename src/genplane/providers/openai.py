@@ -28,8 +28,6 @@ Protocol facts this relies on:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import io
 import uuid
 from typing import Any
@@ -37,10 +35,15 @@ from typing import Any
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.forms import form_fields
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
+from genplane.providers.openai_images import images_answer
+from genplane.providers.outputs import decode_base64
 from genplane.providers.sizes import nearest_shape
+from genplane.providers.synchronous import all_or_first_failure, whole_generation_timeout
 from genplane.settings import Settings
 
+PROVIDER = "openai"
 IMAGE_PREFIX = "openai-images-"
 
 Sizes = tuple[tuple[int, int], ...]
@@ -91,14 +94,6 @@ def fit_image(data: bytes, width: int, height: int) -> tuple[bytes, str]:
     return out.getvalue(), "image/png"
 
 
-def _mapped(job: ProviderJob, unified: str, value: Any, defaults: dict[str, Any]) -> Any:
-    """The catalogue's translation of a value when it has one, else this protocol's."""
-    if unified in job.value_maps:
-        return job.value(unified, value)
-    return defaults.get(str(value), value)
-
-
-
 def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderError:
     """A failed answer, read for OpenAI's error code before falling back to its status."""
     body = json_body(response)
@@ -121,21 +116,17 @@ def refine_error(response: httpx.Response, shared: ProviderError) -> ProviderErr
 
 
 class OpenAIAdapter:
-    provider_id = "openai"
+    provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        self._has_key = bool(key)
+        self._has_key = settings.openai_api_key is not None
         self.http = ProviderHttp.for_settings(
-            "openai", client, settings, settings.openai_base_url, refine_error,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
+            PROVIDER, client, settings, settings.openai_base_url, refine_error,
+            headers=key_headers(settings.openai_api_key),
         )
-        # An image call is the whole generation; it may take as long as the attempt may.
-        self.image_timeout = max(
-            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
-        )
+        self.image_timeout = whole_generation_timeout(settings)
         self.max_output_bytes = settings.max_output_file_bytes
-        self.held = HeldResults("openai")
+        self.held = HeldResults(PROVIDER)
 
     def configured(self) -> bool:
         return self._has_key and bool(self.http.base_url)
@@ -179,8 +170,8 @@ class OpenAIAdapter:
         if dalle:
             fields["response_format"] = "b64_json"  # bytes now, not a URL that lapses in an hour
         else:
-            fields[job.name("generation_output_format", "output_format")] = _mapped(
-                job, "generation_output_format", job.output_format, _NATIVE_FORMATS
+            fields[job.name("generation_output_format", "output_format")] = job.translated(
+                "generation_output_format", job.output_format, _NATIVE_FORMATS
             )
         for unified in ("generation_negative_prompt", "generation_seed"):
             native = job.field_names.get(unified)  # neither exists natively; only if the catalogue says
@@ -195,31 +186,13 @@ class OpenAIAdapter:
         counts = [min(per_call, number - i) for i in range(0, number, per_call)]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._image_call(job, n)) for n in counts]
-        except* ProviderError as failures:
-            raise failures.exceptions[0] from None
-        outputs = [output for task in tasks for output in task.result()]
+        batches = await all_or_first_failure(self._image_call(job, n) for n in counts)
+        outputs = [output for batch in batches for output in batch]
         return ProviderResult(outputs=outputs, predict_time=round(loop.time() - started, 3))
 
     async def _image_call(self, job: ProviderJob, n: int) -> list[ProviderOutput]:
-        fields = self.image_fields(job, n)
-        if job.inputs:
-            part = "image" if len(job.inputs) == 1 else "image[]"
-            files = [
-                (part, (f"input-{i}.{_extension(image.content_type)}", image.data, image.content_type))
-                for i, image in enumerate(job.inputs)
-            ]
-            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
-            response = await self.http.send(
-                "POST", "/v1/images/edits", data=form, files=files, request_timeout=self.image_timeout
-            )
-        else:
-            response = await self.http.send(
-                "POST", "/v1/images/generations", json=fields, request_timeout=self.image_timeout
-            )
-        return self._image_outputs(job, self.http.decode(response))
+        answer = await images_answer(self.http, job, self.image_fields(job, n), self.image_timeout)
+        return self._image_outputs(job, answer)
 
     @staticmethod
     def _image_outputs(job: ProviderJob, answer: Any) -> list[ProviderOutput]:
@@ -230,11 +203,7 @@ class OpenAIAdapter:
         for item in items:
             encoded, url = dig(item, "b64_json"), dig(item, "url")
             if isinstance(encoded, str):
-                try:
-                    data = base64.b64decode(encoded, validate=True)
-                except (binascii.Error, ValueError) as exc:
-                    message = "openai sent undecodable base64."
-                    raise ProviderError("bse_provider_error", message, True) from exc
+                data = decode_base64(PROVIDER, encoded)
                 ext, content_type = sniff_image(data, job.output_format)
                 outputs.append(ProviderOutput(ext=ext, content_type=content_type, data=data))
             elif isinstance(url, str):
@@ -277,10 +246,7 @@ class OpenAIAdapter:
                 message = "The input image could not be decoded."
                 raise ProviderError("bse_file_load_error", message, False) from exc
             reference = ("input_reference", (f"reference.{_extension(content_type)}", data, content_type))
-            form = {k: _form_value(v) for k, v in fields.items() if v is not None}
-            response = await self.http.send(
-                "POST", "/v1/videos", data=form, files=[reference]
-            )
+            response = await self.http.send("POST", "/v1/videos", data=form_fields(fields), files=[reference])
         else:
             response = await self.http.send(
                 "POST", "/v1/videos", json=fields
@@ -291,19 +257,12 @@ class OpenAIAdapter:
         return video_id
 
     async def _wait_video(self, video_id: str) -> ProviderResult:
-        while True:
-            video = await self.http.poll_json(
-                "GET", f"/v1/videos/{video_id}"
-            )
-            status = dig(video, "status")
-            if status == "completed":
-                break
-            if status == "failed":
-                raise _video_failure(video_id, video)
-            if not isinstance(status, str):
-                raise ProviderError("bse_provider_error", "openai sent a video without a status.", True)
-            # queued, in_progress, or a state this adapter does not know yet: keep polling.
-            await self.http.pause()
+        video = await self.http.poll_while(f"/v1/videos/{video_id}", _video_pending)
+        status = dig(video, "status")
+        if status == "failed":
+            raise _video_failure(video_id, video)
+        if status != "completed":
+            raise ProviderError("bse_provider_error", "openai sent a video without a status.", True)
         data = await self._download(video_id)
         created, completed = dig(video, "created_at"), dig(video, "completed_at")
         predict_time = (
@@ -337,6 +296,12 @@ class OpenAIAdapter:
         raise AssertionError("unreachable")
 
 
+def _video_pending(video: Any) -> bool:
+    """queued, in_progress, or a state this adapter does not know yet: polled again."""
+    status = dig(video, "status")
+    return isinstance(status, str) and status not in ("completed", "failed")
+
+
 def _video_failure(video_id: str, video: Any) -> ProviderError:
     code = str(dig(video, "error", "code") or "")
     message = str(dig(video, "error", "message") or "no details")[:300]
@@ -352,12 +317,6 @@ def _video_failure(video_id: str, video: Any) -> ProviderError:
             "bse_provider_credits_exhausted", "openai: the account is out of credits.", retryable=False
         )
     return ProviderError("bse_provider_error", f"openai video {video_id} failed: {code or message}", True)
-
-
-def _form_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _extension(content_type: str) -> str:

@@ -1,4 +1,4 @@
-"""Helpers the URL-returning adapters (Replicate, fal) share: output files and JSON digging.
+"""Turning what providers hand back (URLs, data URIs, base64, bytes) into output files.
 
 Providers hand back files as URLs (sometimes data URIs) whose suffix or declared type
 is the only hint of the format; the worker sniffs the bytes again when it downloads,
@@ -26,8 +26,6 @@ CONTENT_TYPES = {
 }
 
 
-
-
 def ext_for(url: str, job: ProviderJob, content_type: Any = None) -> str:
     """An output's extension: from its declared type, its URL's suffix, or the request."""
     by_type = next((e for e, t in CONTENT_TYPES.items() if t == content_type), None)
@@ -38,6 +36,14 @@ def ext_for(url: str, job: ProviderJob, content_type: Any = None) -> str:
     if suffix in CONTENT_TYPES:
         return suffix
     return "mp4" if job.model_type == "video" else job.output_format
+
+
+def decode_base64(provider: str, encoded: str) -> bytes:
+    """Bytes a provider sent as base64; garbage is the provider's fault and may pass on a retry."""
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ProviderError("bse_provider_error", f"{provider} sent undecodable base64.", True) from exc
 
 
 def decode_data_uri(provider: str, uri: str) -> tuple[str, bytes]:

@@ -34,7 +34,8 @@ from urllib.parse import quote
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
-from genplane.providers.http import ProviderHttp, dig
+from genplane.providers.hosted_models import CustomaryNames, model_input, one_call_per_output
+from genplane.providers.http import ProviderHttp, dig, key_headers
 from genplane.providers.outputs import canceled_upstream, output_for
 from genplane.settings import Settings
 
@@ -53,8 +54,13 @@ _MODERATION_MARKERS = (
     "content policy",
     "sensitive content",
 )
-# Native parameters that take a list of images rather than a single one.
-_LIST_IMAGE_FIELDS = frozenset({"image_input", "input_images", "images", "reference_images", "image_urls"})
+NAMES = CustomaryNames(
+    output_number="num_outputs",
+    image_input="image_input",
+    frame_input="image",
+    last_frame="last_frame_image",
+    list_inputs=frozenset({"image_input", "input_images", "images", "reference_images", "image_urls"}),
+)
 
 
 def _urls(output: Any) -> list[str]:
@@ -72,15 +78,14 @@ class ReplicateAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        token = settings.replicate_api_token.get_secret_value() if settings.replicate_api_token else ""
-        self._configured = bool(token.strip())
+        self._has_token = settings.replicate_api_token is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.replicate_base_url,
-            headers={"Authorization": f"Bearer {token.strip()}"},
+            headers=key_headers(settings.replicate_api_token),
         )
 
     def configured(self) -> bool:
-        return self._configured
+        return self._has_token
 
     # -- request ---------------------------------------------------------------------
 
@@ -91,29 +96,12 @@ class ReplicateAdapter:
         it is not sent (for ``generation_output_number`` that means one prediction per
         output, ``index`` numbering them).
         """
-        body: dict[str, Any] = {}
-
-        job.put(body, "generation_prompt", "prompt", job.prompt)
+        body = model_input(job, NAMES, index, per_call)
         job.put(body, "generation_ratio", "aspect_ratio", job.ratio)
         if job.model_type == "image":
             job.put(body, "generation_output_format", "output_format", job.output_format)
-            if not per_call and job.output_number > 1:
-                job.put(body, "generation_output_number", "num_outputs", job.output_number)
-        seed = job.seed
-        job.put(body, "generation_seed", "seed", None if seed is None else seed + index)
-        negative = job.specific.get("generation_negative_prompt")
-        job.put(body, "generation_negative_prompt", "negative_prompt", negative)
-        if job.inputs:
-            name = job.name("generation_input_file", "image" if job.model_type == "video" else "image_input")
-            if name:
-                urls = [image.url for image in job.inputs]
-                body[name] = urls if name in _LIST_IMAGE_FIELDS or name.endswith("s") else urls[0]
         if job.model_type == "video":
             job.put(body, "generation_duration", "duration", job.duration)
-            job.put(body, "generation_resolution", "resolution", job.resolution)
-            job.put(body, "generation_generate_audio", "generate_audio", job.generate_audio)
-            if job.last_frame is not None:
-                job.put(body, "generation_input_file_last_content", "last_frame_image", job.last_frame.url)
         body.update(job.params)
         return body
 
@@ -135,7 +123,7 @@ class ReplicateAdapter:
         }
 
     async def submit(self, job: ProviderJob) -> str:
-        per_call = job.output_number > 1 and job.name("generation_output_number", "num_outputs") == ""
+        per_call = one_call_per_output(job, NAMES)
         calls = job.output_number if per_call else 1
         ids: list[str] = []
         try:
@@ -177,21 +165,17 @@ class ReplicateAdapter:
 
     async def _until_done(self, prediction_id: str) -> dict[str, Any]:
         path = f"/v1/predictions/{quote(prediction_id, safe='')}"
-        while True:
-            prediction = await self.http.poll_json("GET", path)
-            status = dig(prediction, "status")
-            if status in RUNNING:
-                await self.http.pause()
-                continue
-            if status == "succeeded":
-                return dict(prediction)
-            if status == "failed":
-                raise self.failure(prediction_id, dig(prediction, "error"))
-            if status in ("canceled", "aborted"):
-                raise canceled_upstream(PROVIDER, prediction_id)
-            raise ProviderError(
-                "bse_provider_error", f"{PROVIDER} reported an unknown status {str(status)[:40]!r}.", True
-            )
+        prediction = await self.http.poll_while(path, lambda answer: dig(answer, "status") in RUNNING)
+        status = dig(prediction, "status")
+        if status == "succeeded":
+            return dict(prediction)
+        if status == "failed":
+            raise self.failure(prediction_id, dig(prediction, "error"))
+        if status in ("canceled", "aborted"):
+            raise canceled_upstream(PROVIDER, prediction_id)
+        raise ProviderError(
+            "bse_provider_error", f"{PROVIDER} reported an unknown status {str(status)[:40]!r}.", True
+        )
 
     @staticmethod
     def failure(prediction_id: str, error: Any) -> ProviderError:
@@ -214,11 +198,5 @@ class ReplicateAdapter:
         return bool(results) and all(results)
 
     async def _cancel_one(self, prediction_id: str) -> bool:
-        try:
-            await self.http.send(
-                "POST",
-                f"/v1/predictions/{quote(prediction_id, safe='')}/cancel",
-            )
-        except ProviderError:
-            return False
-        return True
+        path = f"/v1/predictions/{quote(prediction_id, safe='')}/cancel"
+        return await self.http.accepted("POST", path)

@@ -51,7 +51,8 @@ from genplane.providers.base import (
     ProviderOutput,
     ProviderResult,
 )
-from genplane.providers.http import ProviderHttp, dig, json_body
+from genplane.providers.http import ProviderHttp, dig, json_body, key_headers
+from genplane.providers.outputs import canceled_upstream
 from genplane.settings import Settings
 
 PROVIDER = "runway"
@@ -143,11 +144,10 @@ def _refine(response: httpx.Response, shared: ProviderError) -> ProviderError:
     return shared
 
 
-def _name(job: ProviderJob, unified: str, default: str) -> str | None:
-    """The native name of an optional unified field; the catalogue's ``""`` leaves it out."""
-    if unified in job.field_names:
-        return job.field_names[unified] or None
-    return default
+def _unsettled(task: Any) -> bool:
+    """PENDING, THROTTLED, RUNNING, or a state added since: polled again."""
+    status = dig(task, "status")
+    return isinstance(status, str) and status not in ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _asset(image: InputImage) -> str:
@@ -168,14 +168,10 @@ class RunwayAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.runway_api_key.get_secret_value() if settings.runway_api_key else ""
-        self._has_key = bool(key)
-        headers = {"X-Runway-Version": API_VERSION}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        self._has_key = settings.runway_api_key is not None
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.runway_base_url, _refine,
-            headers=headers,
+            headers={"X-Runway-Version": API_VERSION, **key_headers(settings.runway_api_key)},
         )
 
     def configured(self) -> bool:
@@ -196,12 +192,12 @@ class RunwayAdapter:
             job.name("generation_prompt", "promptText"): job.prompt,
             job.name("generation_ratio", "ratio"): pixel_ratio(job),
         }
-        seed_name = _name(job, "generation_seed", "seed")
+        seed_name = job.optional_name("generation_seed", "seed")
         if job.seed is not None and seed_name:
             # Distinct seeds, or N tasks would make the same output N times.
             body[seed_name] = (job.seed + index) % 2**32
         negative = job.specific.get("generation_negative_prompt")
-        negative_name = _name(job, "generation_negative_prompt", "negativePrompt")
+        negative_name = job.optional_name("generation_negative_prompt", "negativePrompt")
         if negative and negative_name:
             body[negative_name] = negative
         count_name = job.field_names.get("generation_output_number")
@@ -223,10 +219,10 @@ class RunwayAdapter:
 
     @staticmethod
     def _video_fields(job: ProviderJob, body: dict[str, Any]) -> None:
-        duration_name = _name(job, "generation_duration", "duration")
+        duration_name = job.optional_name("generation_duration", "duration")
         if job.duration is not None and duration_name:
             body[duration_name] = job.value("generation_duration", job.duration)
-        audio_name = _name(job, "generation_generate_audio", "audio")
+        audio_name = job.optional_name("generation_generate_audio", "audio")
         if job.generate_audio is not None and audio_name:
             body[audio_name] = job.value("generation_generate_audio", job.generate_audio)
         resolution_name = job.field_names.get("generation_resolution")
@@ -282,36 +278,29 @@ class RunwayAdapter:
         return ProviderResult(outputs=outputs)
 
     async def _wait_one(self, task_id: str) -> list[str]:
-        path = f"{TASKS_PATH}/{task_id}"
-        while True:
-            try:
-                task = await self.http.poll_json("GET", path)
-            except ProviderError as exc:
-                if exc.http_status == 404:
-                    raise ProviderError(
-                        "bse_provider_error",
-                        f"{PROVIDER} no longer knows task {task_id} (canceled or deleted upstream).",
-                        retryable=True,
-                        http_status=404,
-                    ) from exc
-                raise
-            status = dig(task, "status")
-            if status == "SUCCEEDED":
-                urls = dig(task, "output")
-                if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
-                    raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without outputs.", True)
-                return urls
-            if status == "FAILED":
-                code, reason = dig(task, "failureCode"), dig(task, "failure")
-                raise failure_error(code if isinstance(code, str) else "", str(reason or "")[:300])
-            if status == "CANCELLED":
+        try:
+            task = await self.http.poll_while(f"{TASKS_PATH}/{task_id}", _unsettled)
+        except ProviderError as exc:
+            if exc.http_status == 404:
                 raise ProviderError(
-                    "bse_provider_error", f"{PROVIDER} task {task_id} was canceled upstream.", retryable=True
-                )
-            if not isinstance(status, str):
-                raise ProviderError("bse_provider_error", f"{PROVIDER} sent a task without a status.", True)
-            # PENDING, THROTTLED, RUNNING, or a state added since: keep polling.
-            await self.http.pause()
+                    "bse_provider_error",
+                    f"{PROVIDER} no longer knows task {task_id} (canceled or deleted upstream).",
+                    retryable=True,
+                    http_status=404,
+                ) from exc
+            raise
+        status = dig(task, "status")
+        if status == "SUCCEEDED":
+            urls = dig(task, "output")
+            if not isinstance(urls, list) or not urls or not all(isinstance(u, str) and u for u in urls):
+                raise ProviderError("bse_provider_error", f"{PROVIDER} succeeded without outputs.", True)
+            return urls
+        if status == "FAILED":
+            code, reason = dig(task, "failureCode"), dig(task, "failure")
+            raise failure_error(code if isinstance(code, str) else "", str(reason or "")[:300])
+        if status == "CANCELLED":
+            raise canceled_upstream(PROVIDER, task_id)
+        raise ProviderError("bse_provider_error", f"{PROVIDER} sent a task without a status.", True)
 
     # -- cancel ---------------------------------------------------------------------
 
@@ -325,8 +314,4 @@ class RunwayAdapter:
         return all(results)
 
     async def _cancel_one(self, task_id: str) -> bool:
-        try:
-            await self.http.send("DELETE", f"{TASKS_PATH}/{task_id}")
-        except ProviderError:
-            return False  # already gone, or Runway unreachable: nothing more to do from here
-        return True
+        return await self.http.accepted("DELETE", f"{TASKS_PATH}/{task_id}")

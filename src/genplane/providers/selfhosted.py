@@ -20,8 +20,10 @@ import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderResult
 from genplane.providers.comfyui import ComfyUI, comfy_error
-from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body
+from genplane.providers.http import HeldResults, ProviderHttp, dig, json_body, key_headers
 from genplane.providers.selfhosted_openai import generate
+from genplane.providers.sizes import aspect, exact_pixels
+from genplane.providers.synchronous import whole_generation_timeout
 from genplane.settings import Settings
 
 PROVIDER = "selfhosted"
@@ -31,21 +33,11 @@ _POLICY_CODES = {"content_policy_violation", "moderation_blocked", "content_filt
 
 def dimensions(job: ProviderJob, pixels: int = 1024 * 1024, multiple: int = 64) -> tuple[int, int]:
     """Width and height for the job's ratio: the catalogue's ``"WxH"``, else ~``pixels`` in area."""
-    ratio = str(job.value("generation_ratio", job.ratio)).lower()
-    if "x" in ratio:
-        try:
-            width, height = (int(part) for part in ratio.split("x", 1))
-            return width, height
-        except ValueError:
-            pass
-    try:
-        w_part, h_part = ratio.split(":", 1)
-        aspect = float(w_part) / float(h_part)
-    except (ValueError, ZeroDivisionError):
-        aspect = 1.0
-    if not math.isfinite(aspect) or aspect <= 0:
-        aspect = 1.0
-    wide = math.sqrt(pixels * aspect)
+    ratio = str(job.value("generation_ratio", job.ratio))
+    exact = exact_pixels(ratio)
+    if exact is not None:
+        return exact
+    wide = math.sqrt(pixels * aspect(ratio))
 
     def snap(side: float) -> int:
         return max(multiple, round(side / multiple) * multiple)
@@ -70,16 +62,12 @@ class SelfHostedAdapter:
     provider_id = PROVIDER
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient) -> None:
-        key = settings.selfhosted_api_key.get_secret_value().strip() if settings.selfhosted_api_key else ""
         self.protocol = settings.selfhosted_protocol
         self.http = ProviderHttp.for_settings(
             PROVIDER, client, settings, settings.selfhosted_base_url.strip(), refine_error,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
+            headers=key_headers(settings.selfhosted_api_key),
         )
-        # A synchronous image call is the whole generation; it may take as long as the attempt.
-        self.image_timeout = max(
-            settings.image_attempt_deadline_seconds, settings.provider_request_timeout_seconds
-        )
+        self.image_timeout = whole_generation_timeout(settings)
         self.comfy = ComfyUI(self.http, settings.max_output_file_bytes)
         self.held = HeldResults(PROVIDER)
 

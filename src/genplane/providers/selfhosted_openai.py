@@ -16,15 +16,14 @@ Protocol facts this relies on:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from typing import Any
 
 import httpx
 
 from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, ProviderResult
 from genplane.providers.http import ProviderHttp, dig
-from genplane.providers.outputs import CONTENT_TYPES, ext_for, image_output
+from genplane.providers.openai_images import images_answer
+from genplane.providers.outputs import CONTENT_TYPES, decode_base64, ext_for, image_output
 
 PROVIDER = "selfhosted"
 
@@ -54,21 +53,7 @@ async def generate(
 ) -> ProviderResult:
     fields = request_fields(job, width, height)
     started = asyncio.get_running_loop().time()
-    if job.inputs:
-        part = "image" if len(job.inputs) == 1 else "image[]"
-        files = [
-            (part, (f"input-{i}.{ext_for('', job, image.content_type)}", image.data, image.content_type))
-            for i, image in enumerate(job.inputs)
-        ]
-        form = {k: _form_value(v) for k, v in fields.items() if v is not None}
-        response = await http.send(
-            "POST", "/v1/images/edits", data=form, files=files, request_timeout=request_timeout
-        )
-    else:
-        response = await http.send(
-            "POST", "/v1/images/generations", json=fields, request_timeout=request_timeout
-        )
-    items = dig(http.decode(response), "data")
+    items = dig(await images_answer(http, job, fields, request_timeout), "data")
     if not isinstance(items, list) or not items:
         raise ProviderError("bse_provider_error", f"{PROVIDER} answered without images.", True)
     outputs = [await _output(http, job, item, request_timeout) for item in items]
@@ -78,10 +63,7 @@ async def generate(
 async def _output(http: ProviderHttp, job: ProviderJob, item: Any, request_timeout: float) -> ProviderOutput:
     encoded, url = dig(item, "b64_json"), dig(item, "url")
     if isinstance(encoded, str) and encoded:
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProviderError("bse_provider_error", f"{PROVIDER} sent undecodable base64.", True) from exc
+        data = decode_base64(PROVIDER, encoded)
     elif isinstance(url, str) and url.startswith(("https://", "http://")):
         if httpx.URL(url).host != httpx.URL(http.base_url).host:
             ext = ext_for(url, job)
@@ -90,9 +72,3 @@ async def _output(http: ProviderHttp, job: ProviderJob, item: Any, request_timeo
     else:
         raise ProviderError("bse_provider_error", f"{PROVIDER} sent an image without data.", True)
     return image_output(PROVIDER, data)
-
-
-def _form_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)

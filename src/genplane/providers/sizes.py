@@ -21,6 +21,15 @@ def aspect(ratio: str, default: float = 1.0) -> float:
     return value if math.isfinite(value) and value > 0 else default
 
 
+def exact_pixels(value: str) -> tuple[int, int] | None:
+    """``"1440x816"`` -> (1440, 816): a size the catalogue gave in pixels; None for a ratio."""
+    width, sep, height = value.lower().partition("x")
+    try:
+        return (int(width), int(height)) if sep else None
+    except ValueError:
+        return None
+
+
 def size_near_area(
     ratio: str, area: int, step: int = 16, min_side: int = 1, max_side: int = 1_000_000
 ) -> tuple[int, int]:

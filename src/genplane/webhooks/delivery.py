@@ -33,8 +33,8 @@ from genplane import __version__
 from genplane.clock import iso, utcnow
 from genplane.db.engine import Database
 from genplane.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
-from genplane.jobs.fetch import FileFetcher
-from genplane.providers.http import parse_retry_after
+from genplane.net.fetch import FetchError, PinnedFetcher
+from genplane.net.retry_after import parse_retry_after
 from genplane.settings import Settings
 from genplane.webhooks.secrets import endpoint_secret, server_key
 from genplane.webhooks.signing import babysea_signature, standard_webhook_headers
@@ -58,7 +58,7 @@ class Outcome:
 
 class WebhookDispatcher:
     def __init__(
-        self, db: Database, settings: Settings, client: httpx.AsyncClient, guard: FileFetcher
+        self, db: Database, settings: Settings, client: httpx.AsyncClient, guard: PinnedFetcher
     ) -> None:
         self.db = db
         self.settings = settings
@@ -219,9 +219,9 @@ class WebhookDispatcher:
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         try:
-            target = await self.guard.plan_destination(url)
-        except ValueError as exc:
-            return Outcome(None, f"destination refused: {exc}")
+            target = await self.guard.plan(url)
+        except FetchError as exc:
+            return Outcome(None, f"destination refused: {exc.message}")
         last = "no address"
         for request_url in target.requests:
             try:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from genplane.clock import iso, utcnow
 from genplane.db.engine import Database
 from genplane.db.models import Account, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from genplane.jobs.fetch import FileFetcher
+from genplane.net.fetch import FetchError, PinnedFetcher
 from genplane.settings import Settings
 from genplane.webhooks.outbox import SUBSCRIBABLE, emit, new_delivery
 from genplane.webhooks.secrets import endpoint_secret, server_key
@@ -45,7 +45,7 @@ def check_events(events: list[str] | None) -> list[str]:
 async def add_endpoint(
     db: Database,
     settings: Settings,
-    guard: FileFetcher,
+    guard: PinnedFetcher,
     account_id: str,
     url: str,
     events: list[str] | None = None,
@@ -55,9 +55,9 @@ async def add_endpoint(
     if len(url) > MAX_URL_LENGTH:
         raise ValueError(f"the URL is longer than {MAX_URL_LENGTH} characters")
     try:
-        await guard.plan_destination(url)
-    except ValueError as exc:
-        raise ValueError(f"the URL cannot receive webhooks: {exc}") from None
+        await guard.plan(url)
+    except FetchError as exc:
+        raise ValueError(f"the URL cannot receive webhooks: {exc.message}") from None
     now = utcnow()
     endpoint = WebhookEndpoint(
         id=str(uuid.uuid4()),

@@ -12,12 +12,11 @@ from genplane.accounts.service import AuthContext
 from genplane.api.deps import require, services
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import CreateData, Envelope, EstimateData
-from genplane.catalog.pricing import generation_cost_millis, unit_price
 from genplane.contract.errors import ApiError
 from genplane.credits.ledger import balance_millis
 from genplane.credits.money import to_credits
 from genplane.generations.idempotency import KEY_RE, check_key
-from genplane.generations.request import MAX_BODY_BYTES
+from genplane.generations.request import MAX_BODY_BYTES, MAX_ESTIMATE_COUNT, check_estimate
 
 router = APIRouter(prefix="/v1")
 ModelId = Annotated[str, Path(description="Model identifier with its slash, e.g. bfl/flux-schnell.")]
@@ -132,63 +131,32 @@ async def estimate(
     request: Request,
     auth: Annotated[AuthContext, Depends(require(Scope.LIBRARY_READ))],
     model_identifier: ModelId,
-    count: Annotated[int, Query(description="Outputs or generations; clamped to 1..100.")] = 1,
+    count: Annotated[
+        int, Query(description=f"Outputs or generations; clamped to 1..{MAX_ESTIMATE_COUNT}.")
+    ] = 1,
     duration: Annotated[int | None, Query(ge=1, le=600, description="Video seconds.")] = None,
     resolution: Annotated[str | None, Query(max_length=20)] = None,
     audio: Annotated[bool, Query()] = False,
 ) -> object:
     svc = services(request)
-    model = svc.catalog.models.get(model_identifier)
-    if model is None:
-        raise ApiError("bse_model_not_found", f"Unknown model '{model_identifier}'.")
-    count = min(max(count, 1), 100)
-    schema = model.schema_
+    est = check_estimate(svc.catalog, model_identifier, count, duration, resolution, audio)
     data: dict[str, object] = {
-        "model_identifier": model.model_identifier,
-        "model_type": model.model_type,
-        "assets_count": count,
+        "model_identifier": est.model.model_identifier,
+        "model_type": est.model.model_type,
+        "assets_count": est.count,
     }
-    if model.model_type == "video":
-        durations = schema.generation_duration or []
-        seconds = duration if duration is not None else durations[0]
-        if seconds not in durations:
-            raise ApiError(
-                "bse_parameter_out_of_range",
-                f"duration={seconds} is not one of {durations}.",
-                details={"field": "duration", "allowed": durations},
-            )
-        res = resolution or (schema.generation_resolution or [""])[0]
-        if res not in (schema.generation_resolution or []):
-            raise ApiError(
-                "bse_parameter_out_of_range",
-                f"resolution={res!r} is not supported.",
-                details={"field": "resolution", "allowed": schema.generation_resolution},
-            )
-        if audio and not schema.generation_generate_audio:
-            raise ApiError(
-                "bse_unsupported_parameter", "This model has no audio option.", details={"field": "audio"}
-            )
-        per_generation = generation_cost_millis(model, duration=seconds, resolution=res, audio=audio)
+    if est.model.model_type == "video":
         data.update(
-            cost_per_second=float(unit_price(model, res, audio)), duration_seconds=seconds, resolution=res
+            cost_per_second=float(est.unit_price),
+            duration_seconds=est.options.duration,
+            resolution=est.options.resolution,
         )
-    else:
-        if duration is not None or resolution is not None or audio:
-            raise ApiError(
-                "bse_unsupported_parameter",
-                "duration, resolution and audio apply to video models.",
-                details={
-                    "field": "duration" if duration is not None else "resolution" if resolution else "audio"
-                },
-            )
-        per_generation = generation_cost_millis(model)
     balance = await balance_millis(svc.db, auth.account_id)
-    total = per_generation * count
     data.update(
-        cost_per_generation=to_credits(per_generation),
-        cost_total_consumed=to_credits(total),
+        cost_per_generation=to_credits(est.per_generation_millis),
+        cost_total_consumed=to_credits(est.total_millis),
         credit_balance=to_credits(balance),
-        credit_balance_can_afford=balance >= total,
-        credit_balance_max_affordable=(balance // per_generation) if per_generation else None,
+        credit_balance_can_afford=balance >= est.total_millis,
+        credit_balance_max_affordable=est.affordable(balance),
     )
     return ok(request, data)

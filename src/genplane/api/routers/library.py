@@ -103,16 +103,25 @@ async def library_models(request: Request, auth: Library) -> object:
 )
 async def health_providers(request: Request, auth: Health) -> object:
     svc = services(request)
-    ids = list(svc.catalog.providers)
-    rows = await provider_health(svc.db, ids, auth.account_id)  # counts: the caller's own
-    for row in rows:
-        adapter = svc.providers.get(row["provider"])
-        if adapter is None or not adapter.configured():
-            row["status"] = "unknown"
     configured = {pid for pid, adapter in svc.providers.items() if adapter.configured()}
-    healthy = any(r["status"] in ("healthy", "unknown") and r["provider"] in configured for r in rows)
+    report = await provider_health(svc.db, list(svc.catalog.providers), auth.account_id, configured)
+    rows = [
+        {
+            "provider": p.provider,
+            "status": p.state,
+            "failure_rate": round(p.own.failure_rate, 4),
+            "window": {
+                "total_attempts": p.own.total,
+                "failures": p.own.failures,
+                "successes": p.own.successes,
+                "duration_seconds": report.window_seconds,
+            },
+        }
+        for p in report.providers
+    ]
     return ok(
-        request, {"service": "providers", "healthy": healthy, "providers": rows, "providers_total": len(rows)}
+        request,
+        {"service": "providers", "healthy": report.healthy, "providers": rows, "providers_total": len(rows)},
     )
 
 
@@ -173,7 +182,8 @@ async def health_storage(request: Request, auth: Health) -> object:
     "/health/cache", response_model=Envelope[HealthCacheData], responses=errors(), operation_id="healthCache"
 )
 async def health_cache(request: Request, auth: Health) -> object:
-    storage = services(request).limiter.storage
+    limiter = services(request).limiter
+    storage = limiter.storage
     start = time.perf_counter()
     error = None
     try:
@@ -182,7 +192,7 @@ async def health_cache(request: Request, auth: Health) -> object:
         healthy, error = False, "The rate-limit store did not answer."
         log.warning("cache_unhealthy", request_id=request.state.request_id, error=repr(exc))
     data: dict[str, Any] = {
-        "service": "redis" if "redis" in type(storage).__name__.lower() else "memory",
+        "service": limiter.backend,
         "healthy": healthy,
         "latency_ms": round((time.perf_counter() - start) * 1000, 3),
     }

@@ -11,8 +11,12 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Awaitable, Callable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: ``(host, port)`` -> the addresses the host resolves to; tests substitute their own DNS.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 # Ranges refused on top of ``not is_global``: some are "global" to the ipaddress
 # module (or are on some Python versions) but are never a place to download from.
@@ -51,7 +55,12 @@ NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
 
 
 def is_public_address(address: str | IPAddress) -> bool:
-    """Whether genplane may download from this address (see the module docstring)."""
+    """Whether genplane may dial this address on someone else's say-so.
+
+    Anything that does not parse as an address is refused, as is an IPv6 address
+    with a zone (``fe80::1%eth0``: only meaningful on this host) and one that
+    carries a refused IPv4 address (mapped, 6to4, NAT64).
+    """
     try:
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     except ValueError:
@@ -94,6 +103,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 
 def normalise_host(host: str) -> str:
+    """The form hosts are compared in: lower case, no trailing dot or brackets, IPs canonical."""
     host = host.strip().lower().rstrip(".")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -104,6 +114,7 @@ def normalise_host(host: str) -> str:
 
 
 def literal_ip(host: str) -> IPAddress | None:
+    """The address a URL's host spells literally (``[::1]`` included), or None for a name."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
