@@ -106,8 +106,9 @@ class Env:
         return site
 
     def fetcher(self, **kw: Any) -> FileFetcher:
-        kw.setdefault("backoff", 0.001)
-        return FileFetcher(self.client, resolver=self.dns, **kw)
+        fetcher = FileFetcher(self.client, resolver=self.dns, **kw)
+        fetcher.backoff = 0.001  # waits between download attempts, kept short for the tests
+        return fetcher
 
 
 @pytest.fixture
@@ -499,7 +500,8 @@ class Raising(httpx.AsyncBaseTransport):
 async def test_any_error_while_fetching_is_a_fetch_error(env: Env, exc: Exception) -> None:
     transport = Raising(exc)
     async with httpx.AsyncClient(transport=transport) as client:
-        fetcher = FileFetcher(client, resolver=env.dns, backoff=0.001)
+        fetcher = FileFetcher(client, resolver=env.dns)
+        fetcher.backoff = 0.001
         err = await input_error(fetcher, f"https://{CDN}/a.png")
         assert err.name == "bse_file_download_error"
         assert "/srv/genplane" not in err.text and str(exc) not in err.text

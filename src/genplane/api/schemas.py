@@ -6,6 +6,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genplane.contract.status import GenerationStatus
+
 T = TypeVar("T")
 
 
@@ -157,7 +159,7 @@ class GenerationRecord(_Open):
     account_id: str
     generation_id: str
     model_identifier: str
-    generation_status: Literal["pending", "processing", "succeeded", "failed", "canceled"]
+    generation_status: GenerationStatus
     generation_provider_order: list[str]
     generation_provider_used: str | None
     generation_prediction_id: str | None

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import structlog
 from sqlalchemy import select
 
+from genplane.contract.status import GenerationStatus
 from genplane.db.engine import Database
 from genplane.db.models import Generation
 from genplane.generations.lifecycle import ACTIVE
@@ -41,7 +42,7 @@ def files_to_keep(gen: Generation | None, owner: str | None = None) -> list[str]
         return []  # the record is gone: so are its files
     if gen.status in ACTIVE:
         return [] if owner is not None and gen.lease_owner == owner else None
-    if gen.status != "succeeded":
+    if gen.status != GenerationStatus.SUCCEEDED:
         return []
     return [str(f["key"]) for f in gen.output_files or [] if isinstance(f, dict) and f.get("key")]
 

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import httpx
 import structlog
 from PIL import Image
 
 from genplane.contract.errors import ApiError, ErrorName
 from genplane.mediatypes import describe, sniff
-from genplane.net.addresses import Resolver
 from genplane.net.fetch import FetchError, PinnedFetcher, redact
 from genplane.providers.base import ProviderError
 
@@ -103,28 +100,13 @@ def _inspect_image(data: bytes, pil_format: str) -> _Image:
 class FileFetcher(PinnedFetcher):
     """Downloads the files jobs use from URLs that came from clients or providers.
 
-    The arguments up to ``resolve_timeout`` are :class:`PinnedFetcher`'s; ``backoff``
-    is the first delay between output download attempts (doubled each time, at most
-    ``max_backoff``; a ``Retry-After`` is honoured up to that cap).
+    It is built like :class:`PinnedFetcher`; ``backoff`` is the first delay between output
+    download attempts (doubled each time, at most ``max_backoff``; a ``Retry-After`` is
+    honoured up to that cap).
     """
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        allow_hosts: Sequence[str] = (),
-        resolver: Resolver | None = None,
-        max_redirects: int = 3,
-        *,
-        timeout: float = 120.0,
-        resolve_timeout: float = 10.0,
-        backoff: float = 0.5,
-        max_backoff: float = 10.0,
-    ) -> None:
-        super().__init__(
-            client, allow_hosts, resolver, max_redirects, timeout=timeout, resolve_timeout=resolve_timeout
-        )
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+    backoff: float = 0.5
+    max_backoff: float = 10.0
 
     # ----------------------------------------------------------------- public API
 

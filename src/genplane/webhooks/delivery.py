@@ -31,6 +31,7 @@ from sqlalchemy import and_, delete, or_, select, update
 
 from genplane import __version__
 from genplane.clock import iso, utcnow
+from genplane.contract.status import DeliveryStatus
 from genplane.db.engine import Database
 from genplane.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 from genplane.net.fetch import FetchError, PinnedFetcher
@@ -90,7 +91,9 @@ class WebhookDispatcher:
             async with self.db.write() as s:
                 await s.execute(
                     update(WebhookDelivery)
-                    .where(WebhookDelivery.id.in_(cut_short), WebhookDelivery.status == "pending")
+                    .where(
+                        WebhookDelivery.id.in_(cut_short), WebhookDelivery.status == DeliveryStatus.PENDING
+                    )
                     .values(lease_until=None)
                 )
 
@@ -135,7 +138,9 @@ class WebhookDispatcher:
         """Take the lease of up to ``limit`` deliveries that are due now."""
         now = utcnow()
         due = or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now)
-        ready = and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now, due)
+        ready = and_(
+            WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now, due
+        )
         async with self.db.read() as s:
             ids = list(
                 (
@@ -262,7 +267,7 @@ class WebhookDispatcher:
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id == delivery.id)
                     .values(
-                        status="delivered",
+                        status=DeliveryStatus.DELIVERED,
                         attempts=attempts,
                         last_attempt_at=now,
                         last_status_code=outcome.status_code,
@@ -309,8 +314,11 @@ class WebhookDispatcher:
                 )
                 await s.execute(
                     update(WebhookDelivery)
-                    .where(WebhookDelivery.endpoint_id == endpoint.id, WebhookDelivery.status == "pending")
-                    .values(status="dead", finished_at=now, lease_until=None)
+                    .where(
+                        WebhookDelivery.endpoint_id == endpoint.id,
+                        WebhookDelivery.status == DeliveryStatus.PENDING,
+                    )
+                    .values(status=DeliveryStatus.DEAD, finished_at=now, lease_until=None)
                 )
                 log.warning("webhook_endpoint_disabled", endpoint_id=endpoint.id, failures=failures)
             elif schedule_exhausted:
@@ -318,15 +326,15 @@ class WebhookDispatcher:
                 await s.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id == delivery.id)
-                    .values(status="dead", finished_at=now)
+                    .values(status=DeliveryStatus.DEAD, finished_at=now)
                 )
 
     async def _dead_letter(self, delivery_id: str, reason: str) -> None:
         async with self.db.write() as s:
             await s.execute(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending")
-                .values(status="dead", finished_at=utcnow(), lease_until=None, last_error=reason)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == DeliveryStatus.PENDING)
+                .values(status=DeliveryStatus.DEAD, finished_at=utcnow(), lease_until=None, last_error=reason)
             )
 
     async def purge(self) -> int:
@@ -335,7 +343,9 @@ class WebhookDispatcher:
         async with self.db.write() as s:
             res = await s.execute(
                 delete(WebhookDelivery).where(
-                    and_(WebhookDelivery.status != "pending", WebhookDelivery.finished_at < cutoff)
+                    and_(
+                        WebhookDelivery.status != DeliveryStatus.PENDING, WebhookDelivery.finished_at < cutoff
+                    )
                 )
             )
             await s.execute(

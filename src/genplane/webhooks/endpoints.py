@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 
 from genplane.clock import iso, utcnow
+from genplane.contract.status import DeliveryStatus, GenerationStatus
 from genplane.db.engine import Database
 from genplane.db.models import Account, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from genplane.net.fetch import FetchError, PinnedFetcher
@@ -92,7 +93,7 @@ async def dead_letter_counts(db: Database, account_id: str | None = None) -> dic
     async with db.read() as s:
         query = (
             select(WebhookDelivery.endpoint_id, func.count())
-            .where(WebhookDelivery.status == "dead")
+            .where(WebhookDelivery.status == DeliveryStatus.DEAD)
             .group_by(WebhookDelivery.endpoint_id)
         )
         if account_id:
@@ -148,8 +149,11 @@ async def set_enabled(db: Database, endpoint_id: str, enabled: bool) -> None:
         if not enabled:
             await s.execute(
                 update(WebhookDelivery)
-                .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending")
-                .values(status="dead", finished_at=now, lease_until=None)
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint_id,
+                    WebhookDelivery.status == DeliveryStatus.PENDING,
+                )
+                .values(status=DeliveryStatus.DEAD, finished_at=now, lease_until=None)
             )
 
 
@@ -165,7 +169,7 @@ async def send_test(db: Database, endpoint_id: str) -> str:
                 "account_id": endpoint.account_id,
                 "model_identifier": "test/webhook",
                 "generation_id": str(uuid.uuid4()),
-                "generation_status": "succeeded",
+                "generation_status": GenerationStatus.SUCCEEDED,
                 "generation_provider_used": None,
                 "generation_prediction_id": None,
                 "generation_output_file": [],
@@ -187,12 +191,14 @@ async def replay(db: Database, endpoint_id: str) -> int:
         dead = (
             await s.scalars(
                 select(WebhookDelivery)
-                .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "dead")
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.DEAD
+                )
                 .order_by(WebhookDelivery.created_at)
             )
         ).all()
         for old in dead:
-            old.status = "replayed"
+            old.status = DeliveryStatus.REPLAYED
             s.add(new_delivery(old.event_id, endpoint, now))
     return len(dead)
 
@@ -203,7 +209,10 @@ async def dead_letters(db: Database, endpoint_id: str) -> list[WebhookDelivery]:
             (
                 await s.scalars(
                     select(WebhookDelivery)
-                    .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "dead")
+                    .where(
+                        WebhookDelivery.endpoint_id == endpoint_id,
+                        WebhookDelivery.status == DeliveryStatus.DEAD,
+                    )
                     .order_by(WebhookDelivery.created_at)
                 )
             ).all()
@@ -218,7 +227,9 @@ async def dead_letters_with_events(db: Database, endpoint_id: str) -> list[DeadL
             await s.execute(
                 select(WebhookDelivery, WebhookEvent.type)
                 .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
-                .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "dead")
+                .where(
+                    WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.DEAD
+                )
                 .order_by(WebhookDelivery.created_at)
             )
         ).all()

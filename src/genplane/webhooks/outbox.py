@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
+from genplane.contract.status import DeliveryStatus
 from genplane.db.models import WebhookDelivery, WebhookEndpoint, WebhookEvent
 
 GENERATION_EVENTS = (
@@ -67,7 +68,7 @@ def new_delivery(event_id: str, endpoint: WebhookEndpoint, now: Any) -> WebhookD
         event_id=event_id,
         endpoint_id=endpoint.id,
         account_id=endpoint.account_id,
-        status="pending" if endpoint.enabled else "dead",
+        status=DeliveryStatus.PENDING if endpoint.enabled else DeliveryStatus.DEAD,
         attempts=0,
         next_attempt_at=now,
         lease_until=None,
