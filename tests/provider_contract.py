@@ -149,6 +149,7 @@ class ProviderCase(Generic[F, A]):
     make_outputs_expire: Callable[[F], None] | None = None  # output URLs are expired when given
     cancels: Callable[[F], list[str]] | None = None  # ids the fake was asked to cancel
     cancel_sends_nothing: bool = True  # without ``cancels``: the API has no cancel at all
+    cancel_refused_once_running: bool = False  # only a task still queued can be canceled
 
     @property
     def key_setting(self) -> str:
@@ -168,7 +169,8 @@ class ProviderCase(Generic[F, A]):
     def synchronous(self, **changes: Any) -> ProviderCase[F, A]:
         """This provider's synchronous path: held in memory between submit and wait."""
         polled_only = {"polls": None, "make_task_failure": None, "make_poll_hang": None,
-                       "make_bad_polls": None, "cancels": None, "cancel_sends_nothing": True}
+                       "make_bad_polls": None, "cancels": None, "cancel_sends_nothing": True,
+                       "cancel_refused_once_running": False}
         return replace(self, **{**polled_only, **changes})
 
 
@@ -288,7 +290,7 @@ OPENAI = ProviderCase[openai.FakeOpenAI, OpenAIAdapter](
     polls=lambda fake: fake.polls, lifecycle=("pending_polls", "running_polls"),
     make_malformed=switch(malformed_submit=True),
     make_out_of_credits=switch(insufficient_quota=True), credits_status=429,
-    make_refusal=failing(moderate_submit=True), refusal_status=400,
+    make_refusal=failing("blocked by moderation", video_outcome="moderated"),
     make_task_failure=failing("failed", video_outcome="failed"),
     make_poll_hang=switch(hang_poll=True),
     make_bad_polls=arrange(2, malformed_polls=2, content_errors=1),  # and one failed download
@@ -298,6 +300,7 @@ OPENAI_IMAGES = OPENAI.synchronous(
     name="openai-images",
     job=job_builder(model_identifier="openai/gpt-image-1", native_model_id="gpt-image-1",
                     prompt="a lighthouse at dusk", output_format="jpg"),
+    make_refusal=failing(moderate_submit=True), refusal_status=400,
 )
 
 RUNWAY = ProviderCase[runway.FakeRunway, RunwayAdapter](
@@ -331,9 +334,8 @@ CLOUDFLARE = ProviderCase[cloudflare.FakeCloudflare, CloudflareAdapter](
 # The DashScope and Ark fakes name these switches alike (their cancels too).
 TASK_API_SWITCHES: dict[str, Any] = {
     "make_rate_limited": rate_limited("rate_limit"), "make_malformed": switch(malformed="submit"),
-    "make_refusal": failing(moderation="input"), "refusal_status": 400,
     "make_poll_hang": switch(hang_polls=10**6), "make_outputs_expire": switch(output_ttl=-1.0),
-    "cancels": lambda fake: fake.cancel_calls,
+    "cancels": lambda fake: fake.cancel_calls, "cancel_refused_once_running": True,
 }
 
 ALIBABACLOUD = ProviderCase[alibabacloud.FakeDashScope, AlibabaCloudAdapter](
@@ -346,6 +348,7 @@ ALIBABACLOUD = ProviderCase[alibabacloud.FakeDashScope, AlibabaCloudAdapter](
                     resolution="1080p", **VIDEO),
     polls=lambda fake: len(fake.polls()),
     make_out_of_credits=switch(arrearage=True), credits_status=400,
+    make_refusal=failing("DataInspectionFailed", moderation="output"),  # a failed task; input: qwen's
     make_task_failure=failing("InternalError.Algo", task_error="InternalError.Algo"),
     make_bad_polls=arrange(3, rate_limit=1, malformed="poll", hang_polls=1),
     **TASK_API_SWITCHES,
@@ -354,7 +357,7 @@ ALIBABACLOUD_QWEN = ALIBABACLOUD.synchronous(
     name="alibabacloud-qwen",
     job=job_builder(generation_id="gen_img", model_identifier="alibaba/qwen-image",
                     native_model_id="qwen-image-plus", prompt="a lantern festival", output_format="png"),
-    make_refusal=failing("DataInspectionFailed", moderation="input"),
+    make_refusal=failing("DataInspectionFailed", moderation="input"), refusal_status=400,
 )
 
 BYTEPLUS = ProviderCase[byteplus.FakeBytePlus, BytePlusAdapter](
@@ -365,6 +368,7 @@ BYTEPLUS = ProviderCase[byteplus.FakeBytePlus, BytePlusAdapter](
                     resolution="1080p", **VIDEO),
     polls=lambda fake: len([c for c in fake.calls if c.method == "GET"]),
     make_out_of_credits=switch(account_overdue=True), credits_status=403,
+    make_refusal=failing("OutputVideoSensitiveContentDetected", moderation="output"),  # input: seedream's
     make_task_failure=failing("InternalServiceError", task_error="InternalServiceError"),
     make_bad_polls=arrange(4, rate_limit=2, retry_after="0", malformed="poll", hang_polls=1),
     **TASK_API_SWITCHES,
@@ -373,7 +377,7 @@ BYTEPLUS_SEEDREAM = BYTEPLUS.synchronous(
     name="byteplus-seedream",
     job=job_builder(generation_id="gen_img", model_identifier="bytedance/seedream-4",
                     native_model_id="seedream-4-0-250828", prompt="a red fox in snow", output_format="jpg"),
-    make_refusal=failing("SensitiveContentDetected", moderation="input"),
+    make_refusal=failing("InputTextSensitiveContentDetected", moderation="input"), refusal_status=400,
 )
 
 

@@ -182,22 +182,7 @@ async def test_an_unknown_task_is_a_retryable_error(rig: Rig) -> None:
     assert err.error == "bse_provider_error" and err.retryable
 
 
-async def test_video_output_moderation(rig: Rig) -> None:
-    rig.fake.moderation = "output"
-    err = await rig.fails(video_job())
-    assert err.error == "bse_content_policy_violation" and not err.retryable
-
-
 async def test_invalid_parameter_task_failure(rig: Rig) -> None:
     rig.fake.task_error = "InvalidParameter"
     err = await rig.fails(video_job())
     assert err.error == "bse_invalid_input" and not err.retryable
-
-
-async def test_a_running_task_cannot_be_canceled(rig: Rig) -> None:
-    rig.fake.running_polls = 1000
-    adapter = rig.adapter()
-    task_id = await adapter.submit(video_job())
-    rig.fake.tasks[task_id]["polls"] = 1
-    assert await adapter.cancel(task_id) is False
-    assert rig.fake.cancel_calls == [task_id]

