@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
+import uuid
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from genplane.db.migrate import upgrade
+from genplane.db.migrate import alembic_config, upgrade
 from genplane.db.models import Base
+
+PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:
@@ -39,7 +46,7 @@ def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
     upgrade(url)
     con = sqlite3.connect(db)
     assert con.execute("SELECT balance_millis FROM accounts WHERE id='a'").fetchone() == (5,)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
     con.close()
 
 
@@ -83,3 +90,94 @@ def test_attempts_written_cancelled_read_canceled_after_0005(tmp_path: Path) -> 
     outcomes = sorted(r[0] for r in con.execute("SELECT outcome FROM provider_attempts"))
     con.close()
     assert outcomes == ["canceled", "failed", "used"]
+
+
+def _account_sql(account_id: str) -> str:
+    return (
+        "INSERT INTO accounts (id, name, is_personal, plan, balance_millis, subscription_status, "
+        "cancel_at_period_end, currency, period_starts_at, period_ends_at, created_at, updated_at) "
+        f"VALUES ('{account_id}', 'n', true, 'standard', 0, 'active', false, 'USD', '2026-01-01', "
+        "'2026-02-01', '2026-01-01', '2026-01-01')"
+    )
+
+
+def _generation_sql(generation_id: str, account_id: str) -> str:
+    return (
+        "INSERT INTO generations (id, account_id, model_identifier, model_type, status, provider_order, "
+        "prompt, output_number, specific, cost_millis, credits_settled, created_at, claims, updated_at) "
+        f"VALUES ('{generation_id}', '{account_id}', 'm', 'image', 'succeeded', '[]', 'p', 1, '{{}}', 1, "
+        "true, '2026-01-01', 1, '2026-01-01')"
+    )
+
+
+#: Rows per account before 0006: its backfill must count them, and give 0 to the account with none.
+HISTORY = {"busy": 7, "once": 1, "idle": 0}
+
+
+def _history_sql() -> list[str]:
+    statements = [_account_sql(a) for a in HISTORY]
+    statements += [_generation_sql(f"{a}-{i}", a) for a, n in HISTORY.items() for i in range(n)]
+    return statements
+
+
+def test_0006_backfills_each_accounts_generation_count(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0005")
+    con = sqlite3.connect(db)
+    for sql in _history_sql():
+        con.execute(sql)
+    con.commit()
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    counts = dict(con.execute("SELECT id, generations_total FROM accounts").fetchall())
+    indexes = {r[1] for r in con.execute("PRAGMA index_list('generations')")}
+    con.close()
+    assert counts == HISTORY
+    assert "ix_generations_account_created_id" in indexes and "ix_generations_account_created" not in indexes
+
+    command.downgrade(alembic_config(url), "0005")  # and back: the column and the old index return
+    con = sqlite3.connect(db)
+    assert "generations_total" not in {r[1] for r in con.execute("PRAGMA table_info('accounts')")}
+    assert "ix_generations_account_created" in {r[1] for r in con.execute("PRAGMA index_list('generations')")}
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    assert dict(con.execute("SELECT id, generations_total FROM accounts").fetchall()) == HISTORY
+    con.close()
+
+
+@pytest.mark.skipif(not PG_URL, reason="GENPLANE_TEST_POSTGRES_URL is not set")
+def test_0006_backfill_on_postgresql() -> None:
+    import asyncpg
+
+    assert PG_URL is not None
+    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"genplane_mig_{uuid.uuid4().hex[:12]}"
+    scratch_url = f"{PG_URL.rpartition('/')[0]}/{name}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def on_scratch(statements: list[str], query: str) -> dict[str, int]:
+        conn = await asyncpg.connect(f"{dsn.rpartition('/')[0]}/{name}")
+        try:
+            for sql in statements:
+                await conn.execute(sql)
+            return {r[0]: r[1] for r in await conn.fetch(query)}
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        upgrade(scratch_url, "0005")
+        asyncio.run(on_scratch(_history_sql(), "SELECT 1, 1"))
+        upgrade(scratch_url)
+        assert asyncio.run(on_scratch([], "SELECT id, generations_total FROM accounts")) == HISTORY
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -18,4 +18,6 @@ def iso(value: datetime | None) -> str | None:
     """ISO 8601 with milliseconds and 'Z', the contract's only time format."""
     if value is None:
         return None
-    return as_utc(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

@@ -66,7 +66,13 @@ class Settings(BaseSettings):
     )
 
     run_worker: bool = Field(True, description="Run the generation worker inside `serve`.")
-    worker_concurrency: int = Field(16, ge=1, le=4096)
+    worker_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Jobs one process runs at once. Unset: what the in-flight caps admit (the largest "
+        "of max_inflight_generations and its per-plan values), at least 512 and at most 4096.",
+    )
     lease_seconds: float = Field(
         30.0, gt=0, description="How long a claimed job stays owned without a heartbeat."
     )
@@ -165,6 +171,19 @@ class Settings(BaseSettings):
         description="Longest time one API request may take, body upload included (file downloads "
         "excepted); then 408 bse_request_timeout while the body is still arriving, else 500 "
         "bse_internal_error; both retryable.",
+    )
+    prefer_wait_max_seconds: int = Field(
+        60,
+        ge=0,
+        le=60,
+        description="Longest wait a 'Prefer: wait=N' request is granted (also kept 2 s inside "
+        "request_timeout_seconds); 0 never waits.",
+    )
+    prefer_wait_recheck_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="While a 'Prefer: wait' request waits, its generation's row is also read this often, "
+        "for transitions committed by another process.",
     )
     rate_limit_per_minute: int = Field(
         600,

@@ -281,6 +281,24 @@ class Authenticator:
             key_expires_at=state.expires_at,
         )
 
+    def recently_verified(self, authorization: str | None) -> bool:
+        """Whether this credential is a key the cache holds as working (unrevoked, unexpired).
+
+        Such a credential has no authentication failures to its name (only unknown,
+        revoked, expired or foreign-region keys fail that way), so the per-credential
+        failure window need not be consulted before authenticating it.
+        """
+        token = bearer_token(authorization)
+        if token is None:
+            return False
+        state = self.cache.get(hash_key(token))
+        return (
+            state is not None
+            and not state.revoked
+            and state.account_active
+            and (state.expires_at is None or as_utc(state.expires_at) > utcnow())
+        )
+
     async def account_of(self, authorization: str | None, client_ip: str | None) -> str | None:
         """The account of a key that authenticates from ``client_ip``; None for any failure."""
         try:

@@ -29,6 +29,7 @@ from genplane.db.engine import Database
 from genplane.db.migrate import upgrade
 from genplane.generations.routing import ProviderRanker
 from genplane.generations.service import GenerationService
+from genplane.generations.waiters import LocalGenerationWaiters
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.worker import Worker
 from genplane.net.fetch import PinnedFetcher
@@ -55,6 +56,11 @@ def build_services(
     adapters = providers if providers is not None else build_providers(settings, http)
     fetcher = FileFetcher(http, settings.fetch_allow_hosts)
     worker = Worker(db, catalog, adapters, store, settings, fetcher)
+    waiters = worker.waiters = LocalGenerationWaiters()  # this process's; Redis pub/sub once scaled out
+    generations = GenerationService(
+        db, settings, catalog, worker, store, adapters, ProviderRanker(db), fetcher
+    )
+    generations.waiters = waiters
     webhook_guard = PinnedFetcher(http, settings.webhook_allow_hosts)
     return Services(
         http=http,
@@ -65,14 +71,13 @@ def build_services(
         store=store,
         providers=adapters,
         worker=worker,
-        generations=GenerationService(
-            db, settings, catalog, worker, store, adapters, ProviderRanker(db), fetcher
-        ),
+        generations=generations,
         authenticator=Authenticator(db, settings),
         limiter=RequestLimiter(settings),
         usage=UsageRecorder(db, settings.usage_flush_interval_seconds),
         blocklist=MemoryFirewallStore.from_settings(settings),
         anomalies=AnomalyRecorder(db, settings),
+        waiters=waiters,
     )
 
 

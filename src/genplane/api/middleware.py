@@ -16,6 +16,7 @@ from genplane.accounts.service import AuthContext
 from genplane.api.blocklist import ip_subject, key_subject
 from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
+from genplane.api.prefer_wait import extra_seconds
 from genplane.api.repeated_headers import first_repeated, repeated_header_error
 from genplane.api.services import Services
 from genplane.contract.envelope import new_request_id
@@ -87,7 +88,12 @@ class EdgeMiddleware:
             else:
                 # File downloads may take as long as the client's link needs; nothing else may.
                 is_download = scope["path"].startswith("/files/")
-                limit = None if is_download else services.settings.request_timeout_seconds
+                limit = (
+                    None
+                    if is_download
+                    else services.settings.request_timeout_seconds
+                    + extra_seconds(request_headers.get("prefer"), services.settings)
+                )
                 async with asyncio.timeout(limit):
                     await self.app(scope, receive_wrapper, send_wrapper)
         except TimeoutError:

@@ -97,6 +97,12 @@ RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
         {"type": "string", "enum": ["true"]},
         required=False,
     ),
+    "Preference-Applied": _header(
+        "Sent as 'wait=N' when the request's Prefer: wait was honoured: the answer waited up to "
+        "N seconds for the generation to end (RFC 7240).",
+        {"type": "string", "pattern": "^wait=[0-9]+$"},
+        required=False,
+    ),
 }
 
 
@@ -108,6 +114,8 @@ def _response_headers(operation_id: str, status: str) -> dict[str, Any]:
         names += ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
         if operation_id in ("generateImage", "generateVideo"):
             names.append("Idempotency-Replayed")
+        if operation_id in ("generateImage", "generateVideo", "getContent"):
+            names.append("Preference-Applied")
     elif status == "429":
         names.append("Retry-After")  # request rate, failed-authentication rate, in-flight cap
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}

@@ -12,6 +12,7 @@ from genplane.api.ratelimit import RequestLimiter
 from genplane.catalog.loader import Catalog
 from genplane.db.engine import Database
 from genplane.generations.service import GenerationService
+from genplane.generations.waiters import LocalGenerationWaiters
 from genplane.jobs.worker import Worker
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
@@ -37,3 +38,4 @@ class Services:
     usage: UsageRecorder
     blocklist: FirewallStore
     anomalies: AnomalyRecorder
+    waiters: LocalGenerationWaiters  # requests held open by 'Prefer: wait', woken on terminal commits

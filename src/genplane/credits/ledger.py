@@ -11,9 +11,9 @@ and a unique index on (generation_id, kind) backs that up in the database.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import utcnow
@@ -22,6 +22,37 @@ from genplane.credits.alerts import check_low_balance
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, LedgerEntry
+
+_ACCOUNT = cast(Table, Account.__table__)
+_LEDGER = cast(Table, LedgerEntry.__table__)
+_BALANCE = select(_ACCOUNT.c.balance_millis).where(_ACCOUNT.c.id == bindparam("account_id"))
+
+# The statements of a settlement, built once (a generation settles once, but there are many).
+_INSERT_ENTRY = insert(_LEDGER)
+#: A charge leaves the balance as the reservation left it: the entry reads it in the same statement.
+_INSERT_AT_BALANCE = insert(_LEDGER).values(
+    account_id=bindparam("acct"),
+    generation_id=bindparam("gen"),
+    kind=bindparam("entry_kind"),
+    amount_millis=bindparam("amount"),
+    balance_after_millis=func.coalesce(
+        select(_ACCOUNT.c.balance_millis).where(_ACCOUNT.c.id == bindparam("acct")).scalar_subquery(), 0
+    ),
+    note=None,
+    created_at=bindparam("now"),
+)
+_CREDIT = (
+    update(_ACCOUNT)
+    .where(_ACCOUNT.c.id == bindparam("account_id"))
+    .values(balance_millis=_ACCOUNT.c.balance_millis + bindparam("amount"), updated_at=bindparam("now"))
+    .returning(_ACCOUNT.c.balance_millis)
+)
+_DEBIT = (
+    update(_ACCOUNT)
+    .where(_ACCOUNT.c.id == bindparam("account_id"), _ACCOUNT.c.balance_millis >= bindparam("amount"))
+    .values(balance_millis=_ACCOUNT.c.balance_millis - bindparam("amount"), updated_at=bindparam("now"))
+    .returning(_ACCOUNT.c.balance_millis)
+)
 
 
 async def _entry(
@@ -33,29 +64,24 @@ async def _entry(
     balance: int,
     note: str | None = None,
 ) -> None:
-    s.add(
-        LedgerEntry(
-            account_id=account_id,
-            generation_id=generation_id,
-            kind=kind,
-            amount_millis=amount,
-            balance_after_millis=balance,
-            note=note,
-            created_at=utcnow(),
-        )
+    await s.execute(
+        _INSERT_ENTRY,
+        {
+            "account_id": account_id,
+            "generation_id": generation_id,
+            "kind": kind,
+            "amount_millis": amount,
+            "balance_after_millis": balance,
+            "note": note,
+            "created_at": utcnow(),
+        },
     )
 
 
 async def _credit(s: AsyncSession, account_id: str, millis: int) -> int | None:
     """Raise the balance; the balance after, or None when there is no such account."""
-    balance = (
-        await s.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .values(balance_millis=Account.balance_millis + millis, updated_at=utcnow())
-            .returning(Account.balance_millis)
-        )
-    ).scalar_one_or_none()
+    params = {"account_id": account_id, "amount": millis, "now": utcnow()}
+    balance = (await s.execute(_CREDIT, params)).scalar_one_or_none()
     return None if balance is None else int(balance)
 
 
@@ -73,16 +99,10 @@ async def add_credits(db: Database, account_id: str, millis: int, note: str | No
 
 async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: int) -> int:
     """Take ``millis`` from the balance inside the caller's transaction, or refuse."""
-    balance = (
-        await s.execute(
-            update(Account)
-            .where(Account.id == account_id, Account.balance_millis >= millis)
-            .values(balance_millis=Account.balance_millis - millis, updated_at=utcnow())
-            .returning(Account.balance_millis)
-        )
-    ).scalar_one_or_none()
+    params = {"account_id": account_id, "amount": millis, "now": utcnow()}
+    balance = (await s.execute(_DEBIT, params)).scalar_one_or_none()
     if balance is None:
-        current = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
+        current = await s.scalar(_BALANCE, {"account_id": account_id})
         raise ApiError(
             "bse_insufficient_credits",
             f"This request costs {to_credits(millis):.3f} credits; "
@@ -102,17 +122,20 @@ async def settle(
     Only :func:`genplane.generations.lifecycle` calls this, after flipping the generation's
     ``credits_settled`` flag: the flag makes a settlement happen once, this writes its money.
     """
-    credited = await _credit(s, account_id, amount) if kind == "refund" and amount else None
-    if credited is not None:
-        balance = credited
-    else:
-        current = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
-        balance = int(current or 0)
-    await _entry(s, account_id, generation_id, kind, amount, int(balance))
-    if kind == "refund":
-        await check_low_balance(s, account_id, int(balance), fell=False)
+    if kind == "charge":
+        # The reservation already took the money: the entry records the balance as it stands,
+        # read by its own insert.
+        params = {"acct": account_id, "gen": generation_id, "entry_kind": kind, "amount": amount,
+                  "now": utcnow()}
+        await s.execute(_INSERT_AT_BALANCE, params)
+        return
+    balance = await _credit(s, account_id, amount) if amount else None
+    if balance is None:  # nothing to give back (or no such account): the balance as it stands
+        balance = int(await s.scalar(_BALANCE, {"account_id": account_id}) or 0)
+    await _entry(s, account_id, generation_id, kind, amount, balance)
+    await check_low_balance(s, account_id, balance, fell=False)
 
 
 async def balance_millis(db: Database, account_id: str) -> int:
     async with db.read() as s:
-        return int(await s.scalar(select(Account.balance_millis).where(Account.id == account_id)) or 0)
+        return int(await s.scalar(_BALANCE, {"account_id": account_id}) or 0)

@@ -25,13 +25,13 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 import aiosqlite
-from sqlalchemy import event, make_url
+from sqlalchemy import Executable, Row, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -64,7 +64,7 @@ class _InlineConnection(aiosqlite.Connection):
         self.stop()
 
 
-def _sqlite_engine(url: str, path: str, begin: str, busy_timeout_ms: int) -> AsyncEngine:
+def _sqlite_engine(url: str, path: str, begin: str | None, busy_timeout_ms: int) -> AsyncEngine:
     # isolation_level=None takes transaction control away from the driver, so BEGIN is ours.
     connect = partial(sqlite3.connect, path, isolation_level=None, check_same_thread=False)
 
@@ -84,9 +84,11 @@ def _sqlite_engine(url: str, path: str, begin: str, busy_timeout_ms: int) -> Asy
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    if begin is not None:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
     return engine
 
@@ -157,10 +159,12 @@ class Database:
             path = make_url(url).database or ":memory:"
             self.write_engine = _sqlite_engine(url, path, "BEGIN IMMEDIATE", busy_timeout_ms=0)
             self.read_engine = _sqlite_engine(url, path, "BEGIN", busy_timeout_ms=2000)
+            # One statement is its own snapshot: no BEGIN/ROLLBACK round trip around it.
+            self.statement_engine = _sqlite_engine(url, path, None, busy_timeout_ms=2000)
             self._checkpointer = _Checkpointer(path)
         else:
             self.write_engine = create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
-            self.read_engine = self.write_engine
+            self.read_engine = self.statement_engine = self.write_engine
         self._writes = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -199,6 +203,17 @@ class Database:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
+    async def fetch(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[Any]]:
+        """The rows of one read statement, with no ORM session around it.
+
+        For the hot paths (a poll, a page of the list): a session's identity map, unit of
+        work and object loading cost more than SQLite's own work on a primary-key read.
+        """
+        async with self.statement_engine.connect() as conn:
+            return (await conn.execute(statement, params)).all()
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._reads() as session:
@@ -210,3 +225,4 @@ class Database:
         await self.write_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
+            await self.statement_engine.dispose()

@@ -48,6 +48,9 @@ class Account(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None]
+    #: The account's generation rows, kept exact by ``generations.lifecycle`` (+1 on admit,
+    #: -1 on delete, in the same transaction), so the list's ``total`` is one read.
+    generations_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class ApiKey(Base):
@@ -70,7 +73,8 @@ class ApiKey(Base):
 class Generation(Base):
     __tablename__ = "generations"
     __table_args__ = (
-        Index("ix_generations_account_created", "account_id", "created_at"),
+        # The list's order (created_at DESC, id DESC) in full, so a page is an index range.
+        Index("ix_generations_account_created_id", "account_id", "created_at", "id"),
         Index("ix_generations_status_lease", "status", "lease_expires_at"),
     )
 
@@ -152,7 +156,15 @@ class ProviderAttempt(Base):
     __tablename__ = "provider_attempts"
     __table_args__ = (
         Index("ix_attempts_provider_started", "provider", "started_at"),
-        Index("ix_attempts_account_started", "account_id", "started_at"),
+        # Covers the usage report's and the health endpoint's per-account sums: no row reads.
+        Index(
+            "ix_attempts_account_started",
+            "account_id",
+            "started_at",
+            "provider",
+            "outcome",
+            "estimated_cost_millis",
+        ),
         Index("ix_attempts_generation", "generation_id"),
         Index("ix_attempts_started", "started_at"),
     )

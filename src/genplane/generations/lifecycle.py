@@ -10,21 +10,21 @@ race to a cancel writes nothing, and a crash between steps leaves nothing half d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import JSON, Row, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import as_utc, utcnow
 from genplane.contract.errors import ApiError, ErrorName
 from genplane.contract.status import GenerationStatus
 from genplane.credits import ledger
-from genplane.db.models import Generation
+from genplane.db.models import Account, Generation
 from genplane.generations.record import event_data
 from genplane.generations.request import GenerationRequest
 from genplane.ids import new_id
-from genplane.webhooks.outbox import emit
+from genplane.webhooks.outbox import emit, has_endpoints
 
 ACTIVE = (GenerationStatus.PENDING, GenerationStatus.PROCESSING)
 
@@ -64,7 +64,13 @@ def new_generation(
 
 
 async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
-    """Record a new generation and reserve its cost, unless the account is at its in-flight cap."""
+    """Record a new generation and reserve its cost, unless the account is at its in-flight cap.
+
+    The account's generation counter moves first: the row lock its update takes orders
+    concurrent admits of one account, so the in-flight count below sees every admit before
+    it (on PostgreSQL; SQLite has one writer at a time). A refusal rolls the counter back.
+    """
+    await _count_generations(s, gen.account_id, +1)
     inflight = await s.scalar(
         select(func.count())
         .select_from(Generation)
@@ -81,30 +87,120 @@ async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
     await ledger.reserve(s, gen.account_id, gen.id, gen.cost_millis)
 
 
+# The worker's hot statements, built once: a job is claimed and ended with one UPDATE each,
+# which returns what the caller needs instead of reading the row again.
+_GEN = cast(Table, Generation.__table__)
+_ROW = tuple(_GEN.c)
+#: Returned beside the row: whether its account has webhook endpoints at all (most have none,
+#: and then the event costs no lookup). The account is looked up by the bound id, not
+#: correlated with the updated row: SQLite's RETURNING drops table names, which would turn
+#: the comparison into one of the endpoints' own column with itself.
+_ENDPOINTS = has_endpoints(
+    select(_GEN.c.account_id).where(_GEN.c.id == bindparam("gid")).scalar_subquery()
+).label("any_endpoint")
+#: ``status IN ACTIVE`` as plain comparisons: an IN list is re-rendered at every execution.
+_IS_ACTIVE = or_(*(_GEN.c.status == status for status in ACTIVE))
+_CLAIM = (
+    update(_GEN)
+    .where(
+        _GEN.c.id == bindparam("gid"),
+        _IS_ACTIVE,
+        or_(_GEN.c.lease_expires_at.is_(None), _GEN.c.lease_expires_at < bindparam("now")),
+    )
+    .values(
+        status=GenerationStatus.PROCESSING,
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("until"),
+        claims=_GEN.c.claims + 1,
+        started_at=func.coalesce(_GEN.c.started_at, bindparam("now")),
+        updated_at=bindparam("now"),
+    )
+    .returning(*_ROW, _ENDPOINTS)
+)
+#: What ending a generation sets besides its status and outcome, and the columns its event reads.
+_ENDED: dict[str, Any] = {
+    "completed_at": bindparam("now"),
+    "updated_at": bindparam("now"),
+    "lease_owner": None,
+    "lease_expires_at": None,
+    "metrics_total_time": bindparam("total"),
+}
+_EVENT_ROW = (
+    *(
+        _GEN.c[name]
+        for name in (
+            "id", "account_id", "model_identifier", "status", "provider_used", "prediction_id",
+            "output_files", "error", "error_code",
+        )
+    ),
+    _ENDPOINTS,
+)
+#: Success also flips the settlement flag, in the same statement: the row can only be unsettled
+#: while active (every ending settles), so this UPDATE is the flip that makes the charge once.
+_SUCCEED = (
+    update(_GEN)
+    .where(
+        _GEN.c.id == bindparam("gid"),
+        _IS_ACTIVE,
+        _GEN.c.lease_owner == bindparam("owner"),
+        _GEN.c.credits_settled.is_(False),
+    )
+    .values(
+        status=GenerationStatus.SUCCEEDED,
+        credits_settled=True,
+        provider_used=bindparam("provider"),
+        output_files=bindparam("files"),
+        metrics_predict_time=bindparam("predict"),
+        **_ENDED,
+    )
+    .returning(*_EVENT_ROW)
+)
+_FAIL = (
+    update(_GEN)
+    .where(_GEN.c.id == bindparam("gid"), _IS_ACTIVE)
+    .values(
+        status=GenerationStatus.FAILED,
+        error=bindparam("message"),
+        error_code=bindparam("code"),
+        # None is SQL NULL here, as a literal None in values() is, not JSON null.
+        provider_errors=bindparam("errors", type_=JSON(none_as_null=True)),
+        **_ENDED,
+    )
+    .returning(*_EVENT_ROW)
+)
+_SETTLE = (
+    update(_GEN)
+    .where(_GEN.c.id == bindparam("gid"), _GEN.c.credits_settled.is_(False))
+    .values(credits_settled=True)
+)
+
+
+def _from_row(row: Row[Any]) -> Generation:
+    """A generation (not attached to any session) with the row's values of its columns."""
+    values = row._asdict()
+    values.pop(_ENDPOINTS.key, None)
+    return Generation(**values)
+
+
+def _run_time(gen: Generation, now: datetime) -> float:
+    return round((now - as_utc(gen.created_at)).total_seconds(), 3)
+
+
 async def claim(s: AsyncSession, generation_id: str, owner: str, lease_seconds: float) -> Generation | None:
     """Take the job's lease if nobody holds a live one; the first claim announces the start."""
     now = utcnow()
-    res = await s.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.status.in_(ACTIVE),
-            or_(Generation.lease_expires_at.is_(None), Generation.lease_expires_at < now),
-        )
-        .values(
-            status=GenerationStatus.PROCESSING,
-            lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            claims=Generation.claims + 1,
-            started_at=func.coalesce(Generation.started_at, now),
-            updated_at=now,
-        )
-    )
-    if not res.rowcount:  # type: ignore[attr-defined]
+    params = {
+        "gid": generation_id, "now": now, "owner": owner, "until": now + timedelta(seconds=lease_seconds)
+    }
+    row = (await s.execute(_CLAIM, params)).first()
+    if row is None:
         return None
-    gen = await s.get(Generation, generation_id, populate_existing=True)
-    if gen is not None and gen.claims == 1:
-        await emit(s, gen.account_id, "generation.started", event_data(gen))
+    gen = _from_row(row)  # the row as the claim left it, without reading it again
+    if gen.claims == 1:
+        await emit(
+            s, gen.account_id, "generation.started", lambda: event_data(gen),
+            any_endpoint=bool(row.any_endpoint),
+        )
     return gen
 
 
@@ -150,19 +246,17 @@ async def succeed(
     predict_time: float | None,
 ) -> bool:
     """Finish with outputs and charge; False when the job ended meanwhile (canceled, taken over)."""
-    won = await _finish(
-        s,
-        gen,
-        GenerationStatus.SUCCEEDED,
-        owner=owner,
-        provider_used=provider_used,
-        output_files=list(output_files),
-        metrics_predict_time=predict_time,
-    )
-    if won:
-        await _settle(s, gen, "charge")
-        await _emit_terminal(s, gen.id, "generation.completed")
-    return won
+    now = utcnow()
+    params = {
+        "gid": gen.id, "owner": owner, "provider": provider_used, "files": list(output_files),
+        "predict": predict_time, "now": now, "total": _run_time(gen, now),
+    }
+    ended = (await s.execute(_SUCCEED, params)).first()
+    if ended is None:
+        return False
+    await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, "charge")  # flipped above
+    await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
+    return True
 
 
 async def fail(
@@ -173,18 +267,17 @@ async def fail(
     provider_errors: list[dict[str, Any]] | None,
 ) -> bool:
     """Finish as failed and refund; False when the generation had already ended."""
-    won = await _finish(
-        s,
-        gen,
-        GenerationStatus.FAILED,
-        error=message,
-        error_code=error,
-        provider_errors=provider_errors or None,
-    )
-    if won:
-        refunded = await _settle(s, gen, "refund")
-        await _emit_terminal(s, gen.id, "generation.failed", refunded)
-    return won
+    now = utcnow()
+    params = {
+        "gid": gen.id, "message": message, "code": error, "errors": provider_errors or None,
+        "now": now, "total": _run_time(gen, now),
+    }
+    ended = (await s.execute(_FAIL, params)).first()
+    if ended is None:
+        return False
+    refunded = await _settle(s, gen, "refund")
+    await _emit_terminal(s, gen.id, "generation.failed", refunded, ended=ended)
+    return True
 
 
 async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[Generation, bool]:
@@ -206,7 +299,21 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
 
 
 async def delete_row(s: AsyncSession, generation_id: str) -> None:
-    await s.execute(delete(Generation).where(Generation.id == generation_id))
+    deleted = await s.execute(
+        delete(Generation).where(Generation.id == generation_id).returning(Generation.account_id)
+    )
+    account_id = deleted.scalar_one_or_none()
+    if account_id is not None:  # a concurrent delete of the same row counts once
+        await _count_generations(s, account_id, -1)
+
+
+async def _count_generations(s: AsyncSession, account_id: str, change: int) -> None:
+    """Keep ``accounts.generations_total`` equal to the account's rows, in the row's transaction."""
+    await s.execute(
+        update(Account)
+        .where(Account.id == account_id)
+        .values(generations_total=Account.generations_total + change)
+    )
 
 
 async def _finish(
@@ -235,11 +342,7 @@ async def _finish(
 
 async def _settle(s: AsyncSession, gen: Generation, kind: Literal["charge", "refund"]) -> bool:
     """Charge or refund the reservation once: only the transaction that flips the flag writes money."""
-    flipped = await s.execute(
-        update(Generation)
-        .where(Generation.id == gen.id, Generation.credits_settled.is_(False))
-        .values(credits_settled=True)
-    )
+    flipped = await s.execute(_SETTLE, {"gid": gen.id})
     if not flipped.rowcount:  # type: ignore[attr-defined]
         return False
     await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, kind)
@@ -247,9 +350,23 @@ async def _settle(s: AsyncSession, gen: Generation, kind: Literal["charge", "ref
 
 
 async def _emit_terminal(
-    s: AsyncSession, generation_id: str, event_type: str, refunded: bool | None = None
+    s: AsyncSession,
+    generation_id: str,
+    event_type: str,
+    refunded: bool | None = None,
+    *,
+    ended: Row[Any] | None = None,
 ) -> None:
-    """The terminal event, from the row as this transaction just wrote it."""
+    """The terminal event, from the row as this transaction just wrote it: ``ended``, what the
+    ending UPDATE returned, or else the row read again. The event's data is built only when
+    an endpoint wants the event."""
+    if ended is not None:
+        row = ended
+        await emit(
+            s, row.account_id, event_type, lambda: event_data(_from_row(row), refunded),
+            any_endpoint=bool(row.any_endpoint),
+        )
+        return
     gen = await s.get(Generation, generation_id, populate_existing=True)
     if gen is not None:
         await emit(s, gen.account_id, event_type, event_data(gen, refunded))

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from genplane.clock import iso
 from genplane.contract.errors import failure_fields
 from genplane.contract.status import GenerationStatus
 from genplane.db.models import Generation
 
 
-def output_urls(gen: Generation) -> list[str] | None:
+def output_urls(gen: StoredGeneration) -> list[str] | None:
     if not gen.output_files:
         return None
     return [f["url"] for f in gen.output_files]
 
 
-def to_record(gen: Generation) -> dict[str, Any]:
+#: A generation as stored: the ORM row, or a Core row of the same columns (the hot reads).
+StoredGeneration = Generation | Row[Any]
+
+
+def to_record(gen: StoredGeneration) -> dict[str, Any]:
     record: dict[str, Any] = {
         "account_id": gen.account_id,
         "generation_id": gen.id,

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, select
 
 from genplane.accounts.service import AuthContext
 from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import generation_cost_millis
 from genplane.contract.envelope import dumps, success_body
 from genplane.contract.errors import ApiError
-from genplane.contract.status import GenerationStatus
+from genplane.contract.status import TERMINAL_STATUSES, GenerationStatus
 from genplane.db.engine import Database
-from genplane.db.models import Generation
+from genplane.db.models import Account, Generation
 from genplane.generations import idempotency, lifecycle
 from genplane.generations.orphan_files import drop_unrecorded
 from genplane.generations.queue import JobQueue
 from genplane.generations.record import to_record
 from genplane.generations.request import GenerationRequest, check_generation
 from genplane.generations.routing import ProviderRanker
+from genplane.generations.waiters import GenerationWaiters, LocalGenerationWaiters
 from genplane.net.fetch import PinnedFetcher
 from genplane.providers.base import ProviderAdapter
 from genplane.settings import Settings
@@ -33,6 +35,10 @@ class CreateResult:
     status_code: int
     body: bytes
     replayed: bool
+
+
+#: A poll's one statement, built once: the column set of the record, by primary key.
+_BY_ID = select(Generation.__table__).where(Generation.__table__.c.id == bindparam("id"))
 
 
 class GenerationService:
@@ -55,6 +61,7 @@ class GenerationService:
         self.jobs = jobs
         self.store = store
         self.providers = providers
+        self.waiters: GenerationWaiters = LocalGenerationWaiters()  # shared with the worker by the app
 
     async def create(
         self,
@@ -155,25 +162,59 @@ class GenerationService:
         return gen
 
     async def get(self, account_id: str, generation_id: str) -> dict[str, Any]:
-        return to_record(await self._owned(account_id, generation_id))
+        rows = await self.db.fetch(_BY_ID, {"id": generation_id})
+        if not rows or rows[0].account_id != account_id:
+            raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
+        return to_record(rows[0])
+
+    async def wait(self, account_id: str, generation_id: str, seconds: float) -> dict[str, Any]:
+        """The record once terminal, or as it is after ``seconds``: ``get`` that may wait.
+
+        No session is held while waiting. The row is the truth: it is read again right after
+        subscribing (the job may have ended since the first read), after each notification,
+        and every ``prefer_wait_recheck_seconds`` (a transition committed by another process
+        notifies no one here).
+        """
+        record = await self.get(account_id, generation_id)
+        if record["generation_status"] in TERMINAL_STATUSES or seconds <= 0:
+            return record
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        recheck = self.settings.prefer_wait_recheck_seconds
+        async with self.waiters.subscribe(generation_id) as subscription:
+            record = await self.get(account_id, generation_id)
+            while record["generation_status"] not in TERMINAL_STATUSES:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await subscription.wait(min(remaining, recheck))
+                record = await self.get(account_id, generation_id)
+        return record
 
     async def list(self, account_id: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """A page, newest first, and the account's total from its counter (never a count).
+
+        The page is a range of ``ix_generations_account_created_id`` (account, created_at,
+        id): the first page reads ``limit`` index entries and their rows. A deep page still
+        walks ``offset`` entries (OFFSET is linear), so past the first pages it picks the
+        ids off the index alone and reads only the page's rows from the table.
+        """
+        newest_first = (Generation.created_at.desc(), Generation.id.desc())
+        mine = Generation.account_id == account_id
+        if offset < 1000:
+            page = select(Generation).where(mine).order_by(*newest_first).limit(limit).offset(offset)
+        else:
+            ids = select(Generation.id).where(mine).order_by(*newest_first).limit(limit).offset(offset)
+            page = select(Generation).where(Generation.id.in_(ids.scalar_subquery())).order_by(*newest_first)
         async with self.db.read() as s:
-            total = await s.scalar(
-                select(func.count()).select_from(Generation).where(Generation.account_id == account_id)
-            )
-            rows = await s.scalars(
-                select(Generation)
-                .where(Generation.account_id == account_id)
-                .order_by(Generation.created_at.desc(), Generation.id.desc())
-                .limit(limit)
-                .offset(offset)
-            )
-            return [to_record(g) for g in rows.all()], int(total or 0)
+            total = await s.scalar(select(Account.generations_total).where(Account.id == account_id))
+            rows = (await s.scalars(page)).all()
+        return [to_record(g) for g in rows], int(total or 0)
 
     async def cancel(self, account_id: str, generation_id: str) -> dict[str, Any]:
         async with self.db.write() as s:
             gen, refunded = await lifecycle.cancel(s, account_id, generation_id)
+        await self.waiters.notify(gen.id)
         sent = await self._cancel_upstream(gen)
         # A job stopped between storing and finishing leaves outputs no canceled record lists.
         await drop_unrecorded(self.db, self.store, gen.id)

@@ -145,7 +145,7 @@ class ProviderChain:
             resume = {}
             try:
                 prediction_id, result = await self._attempt(
-                    adapter, job, prediction_id, note_prediction, remaining
+                    adapter, job, prediction_id, note_prediction, remaining, first=provider_id == chain[0]
                 )
                 outputs = await self._download(result, gen.model_type, job.output_format)
             except ProviderError as exc:
@@ -216,8 +216,13 @@ class ProviderChain:
         prediction_id: str | None,
         note_prediction: NotePrediction,
         remaining: float,
+        *,
+        first: bool = False,
     ) -> tuple[str, ProviderResult]:
-        """Submit (or resume) and wait, within the per-attempt and the overall deadline."""
+        """Submit (or resume) and wait, within the per-attempt and the overall deadline.
+
+        ``first``: the provider is where a restarted job would start its chain anyway.
+        """
         deadline = min(self.attempt_deadline(job.model_type), remaining)
         ends = time.monotonic() + deadline
         try:
@@ -230,8 +235,7 @@ class ProviderChain:
                         log.info("prediction_lost", provider=adapter.provider_id, prediction_id=prediction_id)
                 if result is None:
                     prediction_id = await self._submit(adapter, job, ends)
-                    await note_prediction(adapter.provider_id, prediction_id)
-                    result = await adapter.wait(job, prediction_id)
+                    result = await self._wait_noted(adapter, job, prediction_id, note_prediction, first)
         except TimeoutError as exc:
             if prediction_id:
                 await self._cancel_upstream(adapter, prediction_id)
@@ -244,6 +248,38 @@ class ProviderChain:
         if not result.outputs:
             raise ProviderError("bse_provider_error", f"{adapter.provider_id} returned no output.", True)
         return prediction_id, result
+
+    @staticmethod
+    async def _wait_noted(
+        adapter: ProviderAdapter,
+        job: ProviderJob,
+        prediction_id: str,
+        note_prediction: NotePrediction,
+        first: bool,
+    ) -> ProviderResult:
+        """Wait for a submitted prediction, its id noted on the row before the wait goes on.
+
+        The note is what lets a restarted job resume waiting instead of paying for a second
+        prediction, and lets a cancel from any process stop it. A synchronous provider's
+        result is already in hand when ``submit`` returns (held in this process's memory,
+        which a restart loses anyway), so its wait ends in its first step; when that happens
+        to the chain's first provider the note would change nothing (a restart starts there
+        in any case) and its transaction is saved. Any other wait goes on only once noted.
+        """
+        if not first:
+            await note_prediction(adapter.provider_id, prediction_id)
+            return await adapter.wait(job, prediction_id)
+        waiting = asyncio.ensure_future(adapter.wait(job, prediction_id))
+        try:
+            await asyncio.sleep(0)  # the wait's first step, which ends it when the result is here
+            if not waiting.done():
+                await note_prediction(adapter.provider_id, prediction_id)
+            return await waiting
+        finally:
+            if not waiting.done():  # the note failed, or this job was canceled
+                waiting.cancel()
+            elif not waiting.cancelled():
+                waiting.exception()  # retrieved: whatever it was, it is raised above or moot
 
     async def _submit(self, adapter: ProviderAdapter, job: ProviderJob, ends: float) -> str:
         """Submit, waiting out a short Retry-After on 429 rather than failing over at once."""

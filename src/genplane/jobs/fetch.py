@@ -4,8 +4,13 @@ The network side (public addresses only, DNS pinning, redirects re-checked, the 
 limit) is :class:`genplane.net.fetch.PinnedFetcher`'s; what is added here is what a
 *job* needs from the bytes and from a failure:
 
-* the bytes' type is sniffed from their magic numbers, never taken from headers,
-  and images are decoded by Pillow in a worker thread behind a pixel-count guard;
+* the bytes' type is sniffed from their magic numbers, never taken from headers; a
+  client's image is decoded by Pillow in a worker thread behind a pixel-count guard (it
+  goes on to providers, which want it whole); a provider's image is checked from its
+  header and framing (:func:`genplane.mediatypes.image_size`: not cut short, within the
+  pixel limit) and decoded whole only when its framing cannot be confirmed, as decoding
+  costs far more than the rest of its job and it is stored as sent unless its format
+  has to change;
 * a client's input that cannot be used is an ``ApiError`` with the contract's names
   (``bse_unsupported_file_format``, ``bse_file_too_large``, ...) naming the field,
   download failures included (:meth:`FetchError.for_field`);
@@ -26,7 +31,7 @@ import structlog
 from PIL import Image
 
 from genplane.contract.errors import ApiError, ErrorName
-from genplane.mediatypes import describe, sniff
+from genplane.mediatypes import describe, image_size, sniff
 from genplane.net.fetch import FetchError, PinnedFetcher, redact
 from genplane.providers.base import ProviderError
 
@@ -205,13 +210,20 @@ class FileFetcher(PinnedFetcher):
             raise ProviderError("bse_provider_error", message, retryable=True)
         if sniffed.kind == "video":
             return Fetched(data, sniffed.content_type, sniffed.ext)
-        try:
-            image = await asyncio.to_thread(_inspect_image, data, _INPUT_FORMATS[sniffed.content_type])
-        except _ImageError as exc:
-            raise ProviderError(
-                "bse_provider_error", f"the provider's output is unusable: {exc.message}", retryable=True
-            ) from None
-        return Fetched(data, sniffed.content_type, sniffed.ext, image.width, image.height)
+        size = image_size(data)
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            problem = f"the image is {size[0]}x{size[1]}, over {MAX_PIXELS // 1_000_000} megapixels"
+            raise ProviderError("bse_provider_error", f"the provider's output is unusable: {problem}", True)
+        if size is None:
+            # Framing not confirmed (cut short? padded oddly?): a full decode decides, and says why.
+            try:
+                image = await asyncio.to_thread(_inspect_image, data, _INPUT_FORMATS[sniffed.content_type])
+            except _ImageError as exc:
+                raise ProviderError(
+                    "bse_provider_error", f"the provider's output is unusable: {exc.message}", retryable=True
+                ) from None
+            size = image.width, image.height
+        return Fetched(data, sniffed.content_type, sniffed.ext, size[0], size[1])
 
     # ----------------------------------------------------------------- errors
 

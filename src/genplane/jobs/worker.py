@@ -13,6 +13,7 @@ crash (:mod:`genplane.generations.orphan_files`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from datetime import datetime
@@ -29,6 +30,7 @@ from genplane.db.models import Generation
 from genplane.generations import lifecycle
 from genplane.generations import repository as repo
 from genplane.generations.orphan_files import FileSweep, drop_unrecorded
+from genplane.generations.waiters import GenerationWaiters, LocalGenerationWaiters
 from genplane.ids import new_id
 from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
 from genplane.jobs.fetch import FileFetcher
@@ -41,6 +43,28 @@ log = structlog.get_logger("genplane.worker")
 
 #: What a tenant is told when a job failed on something genplane did not foresee.
 UNEXPECTED_FAILURE = "The generation failed because of an internal error."
+
+#: Jobs one process runs at once when ``worker_concurrency`` is unset: at least and at most.
+#: The floor is the provider HTTP client's connection limit (providers.registry): beyond it,
+#: synchronous provider calls would queue in httpx's pool, their attempt deadline running,
+#: for no more images per second (bench/image_cpu.py --latency 2: 158/s at 512 and at
+#: 2,000). A job waiting on a provider holds 30-80 KiB: about 30 MiB at the floor, and at
+#: most about 200 MiB at the ceiling.
+DEFAULT_CONCURRENCY_FLOOR = 512
+CONCURRENCY_CEILING = 4096
+
+
+def concurrency(settings: Settings) -> int:
+    """Jobs one process runs at once: ``worker_concurrency``, or what the in-flight caps admit.
+
+    The in-flight cap (per account, per plan) is what bounds the work a tenant may have
+    going, and a job waiting on a provider costs little but memory: a lower limit here would
+    only queue admitted jobs behind each other (16 of them cap a 2 s provider at 8 images/s).
+    """
+    if settings.worker_concurrency is not None:
+        return settings.worker_concurrency
+    caps = [settings.max_inflight_generations, *settings.max_inflight_generations_by_plan.values()]
+    return min(CONCURRENCY_CEILING, max(DEFAULT_CONCURRENCY_FLOOR, *caps))
 
 
 class Worker:
@@ -67,13 +91,15 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self.file_sweep = FileSweep(db, store)
         self.janitor = Janitor(db, settings)
+        self.waiters: GenerationWaiters = LocalGenerationWaiters()  # woken after terminal commits
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        slots = asyncio.Semaphore(concurrency(self.settings))
         self._background = [
-            asyncio.create_task(self._consume()) for _ in range(self.settings.worker_concurrency)
+            asyncio.create_task(self._consume(slots)),
+            asyncio.create_task(self._sweep_forever()),
         ]
-        self._background.append(asyncio.create_task(self._sweep_forever()))
 
     async def stop(self) -> None:
         for task in self._background:
@@ -121,19 +147,27 @@ class Worker:
                 log.exception("sweep_failed")
             await asyncio.sleep(self.settings.sweep_interval_seconds)
 
-    async def _consume(self) -> None:
+    async def _consume(self, slots: asyncio.Semaphore) -> None:
+        """Start queued jobs, each as its own task, while fewer than the concurrency run: a
+        free slot costs nothing, so the concurrency can be as high as the in-flight caps."""
         while True:
-            gid = await self._queue.get()
+            await slots.acquire()
+            try:
+                gid = await self._queue.get()
+            except BaseException:
+                slots.release()
+                raise
             self._queued.discard(gid)
             task = asyncio.create_task(self._run(gid))
             self._running[gid] = task
-            try:
-                await asyncio.wait([task])
-            finally:
-                self._running.pop(gid, None)
-                self._user_canceled.discard(gid)
-            if not task.cancelled() and task.exception() is not None:
-                log.error("job_crashed", generation_id=gid, error=repr(task.exception()))
+            task.add_done_callback(functools.partial(self._ended, gid, slots))
+
+    def _ended(self, gid: str, slots: asyncio.Semaphore, task: asyncio.Task[None]) -> None:
+        self._running.pop(gid, None)
+        self._user_canceled.discard(gid)
+        slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job_crashed", generation_id=gid, error=repr(task.exception()))
 
     # -- one job -----------------------------------------------------------------------------
     async def _run(self, gid: str) -> None:
@@ -271,6 +305,7 @@ class Worker:
                 success.started_at,
                 cost_millis=gen.cost_millis,  # paid upstream either way; wasted when discarded
             )
+        await self.waiters.notify(gen.id)
         if not won:
             # Canceled (or taken over) while the provider worked: the files belong to nobody,
             # unless the job now runs elsewhere, whose worker cleans up when it ends.
@@ -291,6 +326,7 @@ class Worker:
     ) -> None:
         async with self.db.write() as s:
             won = await lifecycle.fail(s, gen, error, message, provider_errors)
+        await self.waiters.notify(gen.id)
         if won:
             log.info("generation_failed", generation_id=gen.id, error=error)
         await self._drop_files(gen.id)  # outputs stored before the failure are not on the record

@@ -230,7 +230,11 @@ def _prune_empty_dirs(top: Path) -> None:
     written meanwhile, keeps its folder)."""
     if not top.is_dir() or top.is_symlink():
         return
-    for sub in sorted((p for p in top.glob("**/*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    try:
+        subs = [p for p in top.glob("**/*") if p.is_dir()]
+    except OSError:  # a concurrent delete of the same generation removed part of the tree
+        subs = []
+    for sub in sorted(subs, key=lambda p: len(p.parts), reverse=True):
         with contextlib.suppress(OSError):
             sub.rmdir()
     with contextlib.suppress(OSError):

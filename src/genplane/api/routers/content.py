@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from genplane.accounts.scopes import Scope
 from genplane.accounts.service import AuthContext
 from genplane.api.deps import require, services
+from genplane.api.prefer_wait import PreferHeader, applied, granted_wait, remaining, unless_disconnected
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import (
     CancelData,
@@ -47,8 +49,23 @@ async def list_content(
     responses=errors(),
     operation_id="getContent",
 )
-async def get_content(request: Request, auth: Reader, generation_id: GenerationId) -> object:
-    return ok(request, await services(request).generations.get(auth.account_id, generation_id))
+async def get_content(
+    request: Request, auth: Reader, generation_id: GenerationId, prefer: PreferHeader = None
+) -> object:
+    started = asyncio.get_running_loop().time()
+    generations = services(request).generations
+    seconds = granted_wait(prefer, services(request).settings)
+    if seconds is None:
+        return ok(request, await generations.get(auth.account_id, generation_id))
+    # Counted once by the rate limit, like any request, however long it waits.
+    waited, record = await unless_disconnected(
+        request.receive, generations.wait(auth.account_id, generation_id, remaining(started, seconds))
+    )
+    if not waited:  # the client is gone: the answer goes nowhere, so it is only a plain read
+        record = await generations.get(auth.account_id, generation_id)
+    response = ok(request, record)
+    response.headers.update(applied(seconds))
+    return response
 
 
 @router.delete(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
+import orjson
+import structlog
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response
 
 from genplane.accounts.scopes import Scope
 from genplane.accounts.service import AuthContext
 from genplane.api.deps import require, services
+from genplane.api.prefer_wait import PreferHeader, applied, granted_wait, remaining, unless_disconnected
 from genplane.api.responses import errors, ok
 from genplane.api.schemas import CreateData, Envelope, EstimateData
 from genplane.contract.errors import ApiError
@@ -18,6 +22,7 @@ from genplane.credits.money import to_credits
 from genplane.generations.idempotency import KEY_RE, check_key
 from genplane.generations.request import MAX_BODY_BYTES, MAX_ESTIMATE_COUNT, check_estimate
 
+log = structlog.get_logger("genplane.api")
 router = APIRouter(prefix="/v1")
 ModelId = Annotated[str, Path(description="Model identifier with its slash, e.g. bfl/flux-schnell.")]
 
@@ -35,9 +40,16 @@ async def read_body(request: Request) -> bytes:
 
 
 async def _create(
-    request: Request, auth: AuthContext, media: str, model_identifier: str, idempotency_key: str | None
+    request: Request,
+    auth: AuthContext,
+    media: str,
+    model_identifier: str,
+    idempotency_key: str | None,
+    prefer: str | None,
 ) -> Response:
+    started = asyncio.get_running_loop().time()
     key = check_key(idempotency_key) if idempotency_key is not None else None
+    seconds = granted_wait(prefer, services(request).settings)  # refused before anything is created
     raw = await read_body(request)
     result = await services(request).generations.create(
         auth,
@@ -51,9 +63,34 @@ async def _create(
     headers = {}
     if result.replayed:
         headers["Idempotency-Replayed"] = "true"
+    if seconds is not None:
+        await _wait_for_terminal(request, auth, result.body, remaining(started, seconds))
+        headers.update(applied(seconds))
     return Response(
         result.body, status_code=result.status_code, media_type="application/json", headers=headers
     )
+
+
+async def _wait_for_terminal(request: Request, auth: AuthContext, body: bytes, seconds: float) -> None:
+    """Hold a create's answer until its generation is terminal, ``seconds`` pass or the client goes.
+
+    The answer stays the create envelope (what SDKs parse), a replay's too: the next read of
+    the record finds it terminal at once. The generation exists whatever happens here, so a
+    failure while waiting ends the wait; it must not turn the create into an error a client
+    would retry.
+    """
+    try:
+        generation_id = orjson.loads(body)["data"]["generation_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return  # a stored answer without a generation: nothing to wait for
+    if not isinstance(generation_id, str):
+        return
+    try:
+        await unless_disconnected(
+            request.receive, services(request).generations.wait(auth.account_id, generation_id, seconds)
+        )
+    except Exception as exc:
+        log.warning("create_wait_failed", generation_id=generation_id, error=repr(exc))
 
 
 # 503: no configured provider here serves the model (bse_provider_unavailable), checked before
@@ -103,9 +140,13 @@ Writer = Annotated[AuthContext, Depends(require(Scope.GENERATION_WRITE))]
     openapi_extra=_BODY_DOC,
 )
 async def generate_image(
-    request: Request, auth: Writer, model_identifier: ModelId, idempotency_key: IdemKey = None
+    request: Request,
+    auth: Writer,
+    model_identifier: ModelId,
+    idempotency_key: IdemKey = None,
+    prefer: PreferHeader = None,
 ) -> Response:
-    return await _create(request, auth, "image", model_identifier, idempotency_key)
+    return await _create(request, auth, "image", model_identifier, idempotency_key, prefer)
 
 
 @router.post(
@@ -116,9 +157,13 @@ async def generate_image(
     openapi_extra=_BODY_DOC,
 )
 async def generate_video(
-    request: Request, auth: Writer, model_identifier: ModelId, idempotency_key: IdemKey = None
+    request: Request,
+    auth: Writer,
+    model_identifier: ModelId,
+    idempotency_key: IdemKey = None,
+    prefer: PreferHeader = None,
 ) -> Response:
-    return await _create(request, auth, "video", model_identifier, idempotency_key)
+    return await _create(request, auth, "video", model_identifier, idempotency_key, prefer)
 
 
 @router.get(
