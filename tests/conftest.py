@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -162,3 +165,27 @@ async def harness(harness_factory: Callable[..., Any]) -> Harness:
 @pytest.fixture
 async def caller(harness: Harness) -> Caller:
     return await harness.caller()
+
+
+PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
+#: The databases a ``database``-parametrised test runs on: SQLite always, PostgreSQL when given.
+BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
+
+
+@pytest.fixture(params=BACKENDS)
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Settings overrides for the backend: SQLite in the test's data dir, or a scratch PostgreSQL
+    database of its own, dropped afterwards."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    assert PG_URL is not None
+    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"genplane_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield {"database_url": f"{PG_URL.rpartition('/')[0]}/{name}"}
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()

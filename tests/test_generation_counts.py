@@ -10,44 +10,22 @@ reads, is served by an index (checked with the query plans).
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import event, func, select, text
 
 from genplane.api.services import Services
 from genplane.db.models import Account, Generation
 from genplane.usage.report import usage_report
-from tests.conftest import Caller, Harness
+from tests.conftest import PG_URL, Caller, Harness
 
-PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
 IMAGE = "/v1/generate/image/local/preview-image"
 RECORD_KEYS = {"generation_id", "generation_status", "generation_created_at", "generation_output_file"}
-BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
-
-
-@pytest.fixture(params=BACKENDS)
-async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Settings overrides for the backend: SQLite in the test's data dir, or a scratch PostgreSQL database."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    assert PG_URL is not None
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"genplane_counts_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield {"database_url": f"{PG_URL.rpartition('/')[0]}/{name}"}
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def counts(services: Services, account_id: str) -> tuple[int, int, int]:

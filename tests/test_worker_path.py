@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import random
 import struct
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from PIL import Image
@@ -50,9 +48,6 @@ from genplane.webhooks.endpoints import add_endpoint, set_enabled
 from genplane.webhooks.outbox import emit
 
 from .conftest import Harness, make_settings
-
-PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
 
 
 def encoded(fmt: str, width: int = 40, height: int = 30, mode: str = "RGB", **options: Any) -> bytes:
@@ -218,24 +213,6 @@ async def test_a_downloaded_output_over_the_pixel_limit_is_refused_undecoded() -
 
 
 # -- the worker's transactions, on both databases ---------------------------------------------------
-
-
-@pytest.fixture(params=BACKENDS)
-async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
-    """Settings overrides for the backend: SQLite in the test's data dir, or a scratch PostgreSQL database."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    assert PG_URL is not None
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"genplane_worker_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield {"database_url": f"{PG_URL.rpartition('/')[0]}/{name}"}
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def ledger_of(h: Harness, gid: str) -> dict[str, tuple[int, int]]:
