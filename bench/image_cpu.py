@@ -4,10 +4,10 @@ Run: ``.venv/bin/python bench/image_cpu.py [--images 1000] [--formats png,jpg,we
 [--concurrency 64] [--rounds 3] [--profile] [--webhook] [--provider openai|local]
 [--latency 0]``
 
-The upstream is a fake OpenAI-compatible images server in its own process (this file run
-with ``--upstream``; its CPU is counted nowhere): ``POST /v1/images/generations`` answers
+The upstream is ``bench/fake_images_upstream.py``, a fake OpenAI-compatible images server in
+its own process (its CPU is counted nowhere): ``POST /v1/images/generations`` answers
 at once with the same ~20 KB PNG (seeded noise, so it does not compress) as
-``data[0].b64_json``, like ``bench/fake_images_upstream.py``. genplane runs in this process
+``data[0].b64_json``. genplane runs in this process
 as ``genplane serve`` would (SQLite in a fresh data directory, uvloop, log level WARNING)
 with ``openai/gpt-image-1`` served by its ``openai`` adapter pointed at the fake.
 
@@ -45,15 +45,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import cProfile
 import gc
-import io
-import json
 import os
 import platform
 import pstats
-import random
 import socket
 import statistics
 import subprocess
@@ -66,75 +62,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PNG_SIDE = 82  # 82 x 82 x 3 bytes of noise: a PNG of about 20 KB
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_images_upstream import fixed_png
+
 PROMPT = "a lighthouse at dusk"
-
-
-def fixed_png(side: int = PNG_SIDE, seed: int = 20261203) -> bytes:
-    from PIL import Image
-
-    noise = random.Random(seed).randbytes(side * side * 3)
-    out = io.BytesIO()
-    Image.frombytes("RGB", (side, side), noise).save(out, "PNG")
-    return out.getvalue()
-
-
-# -- the fake upstream (its own process) -------------------------------------------------------
-
-
-def serve_upstream(latency: float) -> int:
-    import uvicorn
-
-    answer_tail = json.dumps({"data": [{"b64_json": base64.b64encode(fixed_png()).decode()}]})[1:]
-    served = 0
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        nonlocal served
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        more = True
-        while more:
-            more = (await receive()).get("more_body", False)
-        if scope["method"] == "POST" and scope["path"].endswith("/images/generations"):
-            if latency > 0:
-                await asyncio.sleep(latency)
-            served += 1
-            status, body = 200, f'{{"created": {int(time.time())}, {answer_tail}'.encode()
-        elif scope["path"] == "/stats":
-            status, body = 200, json.dumps({"requests": served}).encode()
-        else:
-            status, body = 404, b'{"error": {"message": "not found", "type": "invalid_request_error"}}'
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
-        await send({"type": "http.response.body", "body": body})
-
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(2048)
-    print(f"port {sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(
-        app, log_level="warning", access_log=False, backlog=2048, loop="uvloop", http="httptools",
-        timeout_keep_alive=120, limit_concurrency=None,
-    )
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
 
 
 def start_upstream(latency: float) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--upstream", "--latency", str(latency)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(Path(__file__).with_name("fake_images_upstream.py")), "--latency", str(latency)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -420,7 +359,6 @@ def run(loop_factory: Callable[[], asyncio.AbstractEventLoop], coro: Awaitable[A
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--formats", default="png,jpg,webp", help="Requested output formats.")
     parser.add_argument("--concurrency", type=int, default=64,
@@ -436,8 +374,6 @@ def main() -> int:
                         help="Seconds the fake takes per image; with it, the jobs running at once "
                              "and the memory they hold are reported too.")
     args = parser.parse_args()
-    if args.upstream:
-        return serve_upstream(args.latency)
 
     import uvloop
 
