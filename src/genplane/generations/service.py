@@ -7,7 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Row, bindparam, select
 
 from genplane.accounts.service import AuthContext
 from genplane.catalog.loader import Catalog
@@ -154,18 +154,15 @@ class GenerationService:
             )
         return chain
 
-    async def _owned(self, account_id: str, generation_id: str) -> Generation:
-        async with self.db.read() as s:
-            gen = await s.get(Generation, generation_id)
-        if gen is None or gen.account_id != account_id:
-            raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
-        return gen
-
-    async def get(self, account_id: str, generation_id: str) -> dict[str, Any]:
+    async def _owned(self, account_id: str, generation_id: str) -> Row[Any]:
+        """The account's generation as stored, in one statement; another account's is not found."""
         rows = await self.db.fetch(_BY_ID, {"id": generation_id})
         if not rows or rows[0].account_id != account_id:
             raise ApiError("bse_generation_not_found", details={"generation_id": generation_id})
-        return to_record(rows[0])
+        return rows[0]
+
+    async def get(self, account_id: str, generation_id: str) -> dict[str, Any]:
+        return to_record(await self._owned(account_id, generation_id))
 
     async def wait(self, account_id: str, generation_id: str, seconds: float) -> dict[str, Any]:
         """The record once terminal, or as it is after ``seconds``: ``get`` that may wait.
