@@ -21,6 +21,7 @@ from sqlalchemy import event, func, select, text
 
 from genplane.api.services import Services
 from genplane.db.models import Account, Generation
+from genplane.generations import lifecycle
 from genplane.usage.report import usage_report
 from tests.conftest import PG_URL, Caller, Harness
 
@@ -87,6 +88,55 @@ async def test_counter_exact_under_concurrent_creates_at_the_cap(
     assert {status for status, gid in results if not gid} <= {429}
     assert 4 <= len(accepted) < 24
     assert await counts(h.services, caller.account_id) == (len(accepted),) * 3
+    assert await in_flight(h.services, caller.account_id) in {(n, n) for n in range(1, 5)}
+    for gid in accepted:
+        await caller.wait(gid)
+    assert await in_flight(h.services, caller.account_id) == (0, 0)
+
+
+async def in_flight(services: Services, account_id: str) -> tuple[int, int]:
+    """(the in-flight counter, the account's pending and processing rows)."""
+    async with services.db.read() as s:
+        counter = await s.scalar(select(Account.generations_in_flight).where(Account.id == account_id))
+        rows = await s.scalar(
+            select(func.count())
+            .select_from(Generation)
+            .where(Generation.account_id == account_id, Generation.status.in_(lifecycle.ACTIVE))
+        )
+    return int(counter or 0), int(rows or 0)
+
+
+async def test_in_flight_counter_follows_every_ending_once(
+    database: dict[str, Any], harness_factory: Any
+) -> None:
+    """Admits raise it below the cap only; success, failure and cancel each lower it once."""
+    h: Harness = await harness_factory(run_worker=False, max_inflight_generations=3, **database)
+    caller = await h.caller()
+    other = await h.caller()
+    gids = [gid for _, gid in [await create(caller, f"job {i}") for i in range(3)]]
+    assert await create(caller) == (429, None)  # at the cap: refused, nothing counted
+    await create(other)
+    assert await in_flight(h.services, caller.account_id) == (3, 3)
+    db = h.services.db
+
+    async with db.write() as s:
+        first = await lifecycle.claim(s, str(gids[0]), "worker-a", 30)
+        assert first is not None and await lifecycle.succeed(s, first, "worker-a", "local", [], None)
+    async with db.write() as s:
+        assert not await lifecycle.succeed(s, first, "worker-a", "local", [], None)
+        assert not await lifecycle.fail(s, first, "bse_provider_error", "late", None)
+    assert await in_flight(h.services, caller.account_id) == (2, 2)
+
+    async with db.write() as s:
+        second = await s.get(Generation, gids[1])
+        assert second is not None and await lifecycle.fail(s, second, "bse_provider_error", "broke", None)
+    assert await in_flight(h.services, caller.account_id) == (1, 1)
+
+    assert (await caller.post(f"/v1/content/generation/cancel/{gids[2]}")).status_code == 200
+    assert (await caller.post(f"/v1/content/generation/cancel/{gids[2]}")).status_code == 409
+    assert await in_flight(h.services, caller.account_id) == (0, 0)
+    assert await in_flight(h.services, other.account_id) == (1, 1)  # another account's is its own
+    assert (await create(caller))[0] == 200  # room again
 
 
 async def test_counter_exact_under_concurrent_deletes_of_one_generation(

@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from genplane.db.migrate import alembic_config, upgrade
@@ -46,7 +47,8 @@ def test_upgrade_is_idempotent_and_keeps_data(tmp_path: Path) -> None:
     upgrade(url)
     con = sqlite3.connect(db)
     assert con.execute("SELECT balance_millis FROM accounts WHERE id='a'").fetchone() == (5,)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
+    heads = ScriptDirectory.from_config(alembic_config(url)).get_heads()
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(h,) for h in heads]
     con.close()
 
 
@@ -101,26 +103,33 @@ def _account_sql(account_id: str) -> str:
     )
 
 
-def _generation_sql(generation_id: str, account_id: str) -> str:
+def _generation_sql(generation_id: str, account_id: str, status: str = "succeeded") -> str:
     return (
         "INSERT INTO generations (id, account_id, model_identifier, model_type, status, provider_order, "
         "prompt, output_number, specific, cost_millis, credits_settled, created_at, claims, updated_at) "
-        f"VALUES ('{generation_id}', '{account_id}', 'm', 'image', 'succeeded', '[]', 'p', 1, '{{}}', 1, "
+        f"VALUES ('{generation_id}', '{account_id}', 'm', 'image', '{status}', '[]', 'p', 1, '{{}}', 1, "
         "true, '2026-01-01', 1, '2026-01-01')"
     )
 
 
 #: Rows per account before 0006: its backfill must count them, and give 0 to the account with none.
 HISTORY = {"busy": 7, "once": 1, "idle": 0}
+#: Of those, the rows still in flight (the first of each account's rows), which 0007 counts.
+ACTIVE_STATUSES = ("pending", "processing", "pending")
+IN_FLIGHT = {"busy": 3, "once": 1, "idle": 0}
 
 
 def _history_sql() -> list[str]:
     statements = [_account_sql(a) for a in HISTORY]
-    statements += [_generation_sql(f"{a}-{i}", a) for a, n in HISTORY.items() for i in range(n)]
+    statements += [
+        _generation_sql(f"{a}-{i}", a, ACTIVE_STATUSES[i] if i < len(ACTIVE_STATUSES) else "succeeded")
+        for a, n in HISTORY.items()
+        for i in range(n)
+    ]
     return statements
 
 
-def test_0006_backfills_each_accounts_generation_count(tmp_path: Path) -> None:
+def test_0006_and_0007_backfill_each_accounts_generation_counts(tmp_path: Path) -> None:
     db = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{db}"
     upgrade(url, "0005")
@@ -132,9 +141,10 @@ def test_0006_backfills_each_accounts_generation_count(tmp_path: Path) -> None:
     upgrade(url)
     con = sqlite3.connect(db)
     counts = dict(con.execute("SELECT id, generations_total FROM accounts").fetchall())
+    in_flight = dict(con.execute("SELECT id, generations_in_flight FROM accounts").fetchall())
     indexes = {r[1] for r in con.execute("PRAGMA index_list('generations')")}
     con.close()
-    assert counts == HISTORY
+    assert counts == HISTORY and in_flight == IN_FLIGHT
     assert "ix_generations_account_created_id" in indexes and "ix_generations_account_created" not in indexes
 
     command.downgrade(alembic_config(url), "0005")  # and back: the column and the old index return
@@ -149,7 +159,7 @@ def test_0006_backfills_each_accounts_generation_count(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not PG_URL, reason="GENPLANE_TEST_POSTGRES_URL is not set")
-def test_0006_backfill_on_postgresql() -> None:
+def test_0006_and_0007_backfill_on_postgresql() -> None:
     import asyncpg
 
     assert PG_URL is not None
@@ -179,5 +189,6 @@ def test_0006_backfill_on_postgresql() -> None:
         asyncio.run(on_scratch(_history_sql(), "SELECT 1, 1"))
         upgrade(scratch_url)
         assert asyncio.run(on_scratch([], "SELECT id, generations_total FROM accounts")) == HISTORY
+        assert asyncio.run(on_scratch([], "SELECT id, generations_in_flight FROM accounts")) == IN_FLIGHT
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

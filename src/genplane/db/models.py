@@ -51,6 +51,8 @@ class Account(Base):
     #: The account's generation rows, kept exact by ``generations.lifecycle`` (+1 on admit,
     #: -1 on delete, in the same transaction), so the list's ``total`` is one read.
     generations_total: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    #: Pending and processing generations; kept by ``generations.lifecycle`` (see migration 0007).
+    generations_in_flight: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class ApiKey(Base):

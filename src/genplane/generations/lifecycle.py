@@ -63,23 +63,36 @@ def new_generation(
     )
 
 
+_ACCOUNTS = cast(Table, Account.__table__)
+_ADMIT = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("aid"), _ACCOUNTS.c.generations_in_flight < bindparam("cap"))
+    .values(
+        generations_in_flight=_ACCOUNTS.c.generations_in_flight + 1,
+        generations_total=_ACCOUNTS.c.generations_total + 1,
+    )
+)
+#: Run by the transaction whose UPDATE ended the generation, so it lowers the count once.
+_LANDED = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("aid"))
+    .values(generations_in_flight=_ACCOUNTS.c.generations_in_flight - 1)
+)
+
+
 async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
     """Record a new generation and reserve its cost, unless the account is at its in-flight cap.
 
-    The account's generation counter moves first: the row lock its update takes orders
-    concurrent admits of one account, so the in-flight count below sees every admit before
-    it (on PostgreSQL; SQLite has one writer at a time). A refusal rolls the counter back.
+    One conditional UPDATE of the account's counters admits: it moves only below the cap, and
+    the row lock it takes orders concurrent admits of one account on PostgreSQL as SQLite's
+    single writer does, so the cap holds without counting the account's rows.
     """
-    await _count_generations(s, gen.account_id, +1)
-    inflight = await s.scalar(
-        select(func.count())
-        .select_from(Generation)
-        .where(Generation.account_id == gen.account_id, Generation.status.in_(ACTIVE))
-    )
-    if (inflight or 0) >= max_inflight:
+    admitted = await s.execute(_ADMIT, {"aid": gen.account_id, "cap": max_inflight})
+    if not admitted.rowcount:  # type: ignore[attr-defined]
+        inflight = await s.scalar(select(Account.generations_in_flight).where(Account.id == gen.account_id))
         raise ApiError(
             "bse_concurrency_limit_exceeded",
-            f"{inflight} generations are in flight; the limit is {max_inflight}.",
+            f"{inflight or 0} generations are in flight; the limit is {max_inflight}.",
             details={"limit": max_inflight, "retry_after_seconds": 1},
             headers={"Retry-After": "1"},
         )
@@ -254,6 +267,7 @@ async def succeed(
     ended = (await s.execute(_SUCCEED, params)).first()
     if ended is None:
         return False
+    await s.execute(_LANDED, {"aid": gen.account_id})
     await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, "charge")  # flipped above
     await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
     return True
@@ -275,6 +289,7 @@ async def fail(
     ended = (await s.execute(_FAIL, params)).first()
     if ended is None:
         return False
+    await s.execute(_LANDED, {"aid": gen.account_id})
     refunded = await _settle(s, gen, "refund")
     await _emit_terminal(s, gen.id, "generation.failed", refunded, ended=ended)
     return True
@@ -293,6 +308,7 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
         )
     if not await _finish(s, gen, GenerationStatus.CANCELED):  # ended between our read and our update
         raise ApiError("bse_generation_not_cancelable")
+    await s.execute(_LANDED, {"aid": gen.account_id})
     refunded = await _settle(s, gen, "refund")
     await _emit_terminal(s, gen.id, "generation.canceled", refunded)
     return gen, refunded
