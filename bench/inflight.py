@@ -16,7 +16,7 @@ wakes, so a lag is time during which nothing else in the process could run. No j
 be lost, memory must stay bounded and the lag must stay small.
 
 The worker's concurrency is set to ``--jobs`` directly (``GENPLANE_WORKER_CONCURRENCY``
-validates at most 4,096). The fake network's log of every request it saw
+validates at most 16,384). The fake network's log of every request it saw
 (``FakeNetwork.seen``) is turned off: it would grow by one entry per poll and is no part
 of genplane. The fake provider's own state (one dict per prediction) stays in the RSS.
 """
@@ -33,12 +33,11 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,10 +48,8 @@ from tests.fakes.network import FakeNetwork  # noqa: E402
 from genplane.accounts import service as accounts  # noqa: E402
 from genplane.accounts.scopes import parse_scopes  # noqa: E402
 from genplane.api.app import create_app  # noqa: E402
-from genplane.clock import utcnow  # noqa: E402
 from genplane.credits.money import to_millis  # noqa: E402
 from genplane.db.models import Generation  # noqa: E402
-from genplane.jobs.worker import Worker  # noqa: E402
 from genplane.logs import configure_logging  # noqa: E402
 from genplane.settings import Settings  # noqa: E402
 
@@ -132,26 +129,6 @@ class GcPauses:
         self.cpu[generation] = self.cpu.get(generation, 0.0) + time.thread_time() - self._began[1]
 
 
-async def _no_heartbeat(self: Worker, gid: str, job: asyncio.Task[Any]) -> None:
-    return None
-
-
-async def batched_heartbeat(db: Any, worker: Worker, lease_seconds: float) -> None:
-    """What-if: one UPDATE renews every lease this worker holds, each lease_seconds / 3.
-
-    A prototype for measuring only: the product's heartbeat is one transaction per job,
-    which also tells a job it was canceled elsewhere (this one does not)."""
-    table = Generation.__table__
-    while True:
-        await asyncio.sleep(lease_seconds / 3)
-        async with db.write() as s:
-            await s.execute(
-                update(table)
-                .where(table.c.lease_owner == worker.owner, table.c.status == "processing")
-                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-            )
-
-
 async def run(args: argparse.Namespace) -> int:
     jobs, polls, poll_interval = args.jobs, args.polls, args.poll_interval
     configure_logging("WARNING")
@@ -167,10 +144,6 @@ async def run(args: argparse.Namespace) -> int:
     ticker = LagTicker(args.tick)
     collections = GcPauses()
     gc.callbacks.append(collections)
-    if args.gc_threshold:
-        gc.set_threshold(*(int(n) for n in args.gc_threshold.split(",")))
-    if args.batched_heartbeat:
-        Worker._heartbeat = _no_heartbeat  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as scratch:
         catalog = Path(scratch) / "catalog"
         catalog.mkdir()
@@ -186,18 +159,15 @@ async def run(args: argparse.Namespace) -> int:
             video_attempt_deadline_seconds=max(600, int(polls * poll_interval * 3)),
             log_level="WARNING",
         )
-        settings.worker_concurrency = jobs  # past the setting's validated ceiling, on purpose
-        app = create_app(settings, transport=network)
+        settings.worker_concurrency = jobs  # past the setting's validated ceiling when asked
+        settings.gc_young_threshold = args.gc_young_threshold
+        # As `genplane serve` builds it: the collector tuned once the app has started.
+        app = create_app(settings, transport=network, tune_collector=True)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench")
         ticking = asyncio.create_task(ticker.run())
         background = [ticking]
-        if args.batched_heartbeat:
-            services = app.state.services
-            background.append(
-                asyncio.create_task(batched_heartbeat(services.db, services.worker, settings.lease_seconds))
-            )
         try:
             db = app.state.services.db
             account = await accounts.create_account(db, "bench", credits_millis=to_millis(jobs))
@@ -205,8 +175,6 @@ async def run(args: argparse.Namespace) -> int:
             issued = await accounts.create_key(db, settings, account.id, "bench", scopes)
             headers = {"Authorization": f"Bearer {issued.key}"}
             gc.collect()
-            if args.gc_freeze:
-                gc.freeze()  # what start-up built is never garbage: keep it out of every collection
             await asyncio.sleep(1)
             base_rss = rss_mib()
             base_objects = len(gc.get_objects())
@@ -274,11 +242,8 @@ async def run(args: argparse.Namespace) -> int:
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     demanded = jobs / poll_interval
     print(f"in-flight video jobs: {jobs} jobs, {polls} polls each every {poll_interval} s, one process")
-    what_if = [name for name, on in (("gc.freeze() after start-up", args.gc_freeze),
-                                     (f"gc.set_threshold({args.gc_threshold})", args.gc_threshold),
-                                     ("one batched heartbeat per worker", args.batched_heartbeat)) if on]
-    if what_if:
-        print(f"  WHAT-IF run, not the product as it is: {'; '.join(what_if)}")
+    print(f"  collector                  GENPLANE_GC_YOUNG_THRESHOLD={args.gc_young_threshold}"
+          f"{' (Python defaults, nothing frozen)' if args.gc_young_threshold == 0 else ''}")
     print(f"  created all in             {created:7.2f} s  ({jobs / created:.0f}/s, {args.batch} at a time)")
     running = "never" if all_running_at is None else f"after {all_running_at:.2f} s"
     print(f"  all {jobs} running at once  {running}")
@@ -320,12 +285,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100, help="Creates sent at once.")
     parser.add_argument("--tick", type=float, default=0.05, help="The lag ticker's sleep, seconds.")
     parser.add_argument("--timeout", type=float, default=1800, help="Give up after this many seconds.")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="gc.freeze() after start-up, so collections skip what start-up built.")
-    parser.add_argument("--gc-threshold", default="", metavar="G0,G1,G2",
-                        help="What-if: gc.set_threshold(G0, G1, G2) (CPython's default is 700,10,10).")
-    parser.add_argument("--batched-heartbeat", action="store_true",
-                        help="What-if: one UPDATE per worker renews all its leases, instead of one per job.")
+    parser.add_argument("--gc-young-threshold", type=int, default=Settings().gc_young_threshold,
+                        help="GENPLANE_GC_YOUNG_THRESHOLD for the run; 0: Python's defaults.")
     parser.add_argument("--rss-target-mib", type=float, default=1024)
     parser.add_argument("--lag-target-ms", type=float, default=100)
     args = parser.parse_args()

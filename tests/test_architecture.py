@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "genplane"
-FOUNDATION = {"clock", "ids", "logs", "mediatypes", "settings"}
+FOUNDATION = {"clock", "collector", "ids", "logs", "mediatypes", "settings"}
 FRAMEWORK_FREE = {"contract", "net"}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
 from genplane.accounts import service as accounts
 from genplane.accounts.scopes import parse_scopes
@@ -514,7 +514,7 @@ def test_concurrency_follows_the_in_flight_caps(tmp_path: Path) -> None:
 
     assert concurrency(settings()) == 512  # the floor, over the default cap of 50
     assert concurrency(settings(max_inflight_generations_by_plan={"pro": 2000, "*": 10})) == 2000
-    assert concurrency(settings(max_inflight_generations=100_000_000)) == 4096
+    assert concurrency(settings(max_inflight_generations=100_000_000)) == 16384
     assert concurrency(settings(worker_concurrency=3, max_inflight_generations=5000)) == 3
     assert settings().worker_concurrency is None
 
@@ -539,3 +539,54 @@ async def test_the_worker_runs_every_admitted_job_at_once(harness_factory: Calla
         assert worker.in_flight == 0
     finally:
         await worker.stop()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_one_heartbeat_renews_every_lease_and_stops_jobs_ended_elsewhere(
+    database: dict[str, Any], harness_factory: Callable[..., Any]
+) -> None:
+    """The worker's heartbeat is one UPDATE for all its jobs; a job canceled by another process
+    (its row ended, this process's worker not told) is stopped at the next beat, unpaid."""
+    h: Harness = await harness_factory(local_provider_delay_seconds=60, lease_seconds=600, **database)
+    caller = await h.caller(credits="1")
+    worker = h.services.worker
+    ids = [(await caller.create_image()).json()["data"]["generation_id"] for _ in range(3)]
+    await eventually(lambda: set(ids) <= worker._leased)
+    async with h.services.db.read() as s:
+        before = dict((await s.execute(select(Generation.id, Generation.lease_expires_at))).all())
+
+    statements: list[str] = []
+
+    def seen(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
+        statements.append(sql)
+
+    engine = h.services.db.write_engine.sync_engine
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        await worker.heartbeat()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    updates = [sql for sql in statements if sql.lstrip().upper().startswith("UPDATE")]
+    assert len(updates) == 1 and "lease_owner" in updates[0]  # one statement for the three jobs
+    async with h.services.db.read() as s:
+        after = dict((await s.execute(select(Generation.id, Generation.lease_expires_at))).all())
+    assert all(after[gid] > before[gid] for gid in ids)
+
+    # Another process cancels the first job: only the row changes, this worker hears nothing.
+    async with h.services.db.write() as s:
+        await lifecycle.cancel(s, caller.account_id, ids[0])
+    job = worker._running[ids[0]]
+    await worker.heartbeat()
+    await eventually(job.done)
+    assert job.cancelled() and ids[0] not in worker._running
+    assert set(ids[1:]) <= worker._leased  # the others run on
+    assert all(not worker._running[gid].done() for gid in ids[1:])
+    record = await caller.wait(ids[0])
+    assert record["generation_status"] == "canceled"
+    assert set(await ledger_of(h, ids[0])) == {"reserve", "refund"}

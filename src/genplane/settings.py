@@ -69,9 +69,16 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = Field(
         None,
         ge=1,
-        le=4096,
+        le=16384,
         description="Jobs one process runs at once. Unset: what the in-flight caps admit (the largest "
-        "of max_inflight_generations and its per-plan values), at least 512 and at most 4096.",
+        "of max_inflight_generations and its per-plan values), at least 512 and at most 16384.",
+    )
+    gc_young_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Objects the collector's young generation holds before a collection, set with "
+        "`gc.freeze()` of start-up's objects once `serve` has started; 0 leaves Python's defaults. "
+        "Python's 700 makes full collections stall a worker with thousands of jobs in flight.",
     )
     lease_seconds: float = Field(
         30.0, gt=0, description="How long a claimed job stays owned without a heartbeat."

@@ -25,6 +25,7 @@ from genplane.api.ratelimit import RequestLimiter
 from genplane.api.routers import account, content, generate, library
 from genplane.api.services import Services
 from genplane.catalog.loader import load_catalog
+from genplane.collector import tune_after_startup
 from genplane.db.engine import Database
 from genplane.db.migrate import upgrade
 from genplane.generations.routing import ProviderRanker
@@ -85,8 +86,14 @@ def create_app(
     settings: Settings | None = None,
     providers: dict[str, ProviderAdapter] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    tune_collector: bool = False,
 ) -> FastAPI:
-    """The app; ``transport`` replaces the network for provider calls and file fetches (tests)."""
+    """The app; ``transport`` replaces the network for provider calls and file fetches (tests).
+
+    ``tune_collector``: once started, freeze start-up's objects and widen the collector's young
+    generation (:mod:`genplane.collector`); for the process that serves, not for tests that
+    build many apps in one process."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -99,6 +106,8 @@ def create_app(
         if settings.run_worker:
             await svc.worker.start()
             await svc.webhooks.start()
+        if tune_collector:
+            tune_after_startup(settings)
         log.info("genplane_started", region=settings.region, database=svc.db.url.split(":", 1)[0])
         try:
             yield

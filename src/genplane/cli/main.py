@@ -95,7 +95,7 @@ def serve(
 
     settings = get_settings()
     configure_logging(settings.log_level)
-    api = create_app(settings)
+    api = create_app(settings, tune_collector=True)
     try:
         server = build_server(
             api,

@@ -217,19 +217,20 @@ async def claim(s: AsyncSession, generation_id: str, owner: str, lease_seconds: 
     return gen
 
 
-async def extend_lease(s: AsyncSession, generation_id: str, owner: str, lease_seconds: float) -> bool:
-    """Heartbeat; False when the job was canceled or taken over and the owner must stop."""
+async def extend_leases(s: AsyncSession, owner: str, lease_seconds: float) -> set[str]:
+    """Renew every lease ``owner`` holds, in one statement: the worker's heartbeat.
+
+    Returns the ids renewed; a job its worker runs that is not among them was canceled or
+    taken over meanwhile, and the worker must stop it.
+    """
     now = utcnow()
-    res = await s.execute(
-        update(Generation)
-        .where(
-            Generation.id == generation_id,
-            Generation.lease_owner == owner,
-            Generation.status == GenerationStatus.PROCESSING,
-        )
+    renewed = await s.execute(
+        update(_GEN)
+        .where(_GEN.c.lease_owner == owner, _GEN.c.status == GenerationStatus.PROCESSING)
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(_GEN.c.id)
     )
-    return bool(res.rowcount)  # type: ignore[attr-defined]
+    return set(renewed.scalars())
 
 
 async def release_leases(s: AsyncSession, owner: str) -> None:

@@ -1,7 +1,8 @@
 """The generation worker: claims jobs by lease, runs the provider chain, settles money.
 
 The database row is the truth and the in-process queue only a hint: a job is run by
-whoever claims its lease, a heartbeat keeps the lease while the job runs, and the
+whoever claims its lease, one heartbeat per worker keeps the leases of every job it runs
+(one UPDATE for all of them), and the
 sweeper re-queues every active job whose lease has lapsed (a crashed worker, a
 restart), so no generation stays ``processing`` forever. A job claimed more than
 ``max_job_claims`` times is failed and refunded rather than retried without end.
@@ -48,10 +49,10 @@ UNEXPECTED_FAILURE = "The generation failed because of an internal error."
 #: The floor is the provider HTTP client's connection limit (providers.registry): beyond it,
 #: synchronous provider calls would queue in httpx's pool, their attempt deadline running,
 #: for no more images per second (bench/image_cpu.py --latency 2: 158/s at 512 and at
-#: 2,000). A job waiting on a provider holds 30-80 KiB: about 30 MiB at the floor, and at
-#: most about 200 MiB at the ceiling.
+#: 2,000). A job waiting on a provider holds 25-80 KiB: about 30 MiB at the floor, and at
+#: most about 400 to 1,000 MiB at the ceiling (bench/inflight.py: 10,000 jobs in 370 MiB).
 DEFAULT_CONCURRENCY_FLOOR = 512
-CONCURRENCY_CEILING = 4096
+CONCURRENCY_CEILING = 16384
 
 
 def concurrency(settings: Settings) -> int:
@@ -87,6 +88,8 @@ class Worker:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
+        #: Jobs whose claim committed and whose ending has not begun: what the heartbeat keeps.
+        self._leased: set[str] = set()
         self._user_canceled: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
         self.file_sweep = FileSweep(db, store)
@@ -99,6 +102,7 @@ class Worker:
         self._background = [
             asyncio.create_task(self._consume(slots)),
             asyncio.create_task(self._sweep_forever()),
+            asyncio.create_task(self._heartbeat_forever()),
         ]
 
     async def stop(self) -> None:
@@ -175,6 +179,14 @@ class Worker:
             gen = await lifecycle.claim(s, gid, self.owner, self.settings.lease_seconds)
         if gen is None:
             return
+        self._leased.add(gid)
+        try:
+            await self._run_claimed(gen)
+        finally:
+            self._leased.discard(gid)
+
+    async def _run_claimed(self, gen: Generation) -> None:
+        gid = gen.id
         if gen.claims > self.settings.max_job_claims:
             await self._fail(
                 gen,
@@ -186,9 +198,6 @@ class Worker:
         if gen.claims > 1:
             # Claimed again after a lapsed lease: what the earlier attempt stored is no one's.
             await self._drop_files(gid)
-        me = asyncio.current_task()
-        assert me is not None
-        heartbeat = asyncio.create_task(self._heartbeat(gid, me))
         try:
             await self._execute(gen)
         except ChainFailed as failed:
@@ -207,23 +216,30 @@ class Worker:
             # is for the log only; it can hold paths and library internals.
             log.exception("job_failed_unexpectedly", generation_id=gid)
             await self._fail(gen, "bse_internal_error", UNEXPECTED_FAILURE, None)
-        finally:
-            heartbeat.cancel()
 
-    async def _heartbeat(self, gid: str, job: asyncio.Task[Any]) -> None:
+    async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
-                async with self.db.write() as s:
-                    alive = await lifecycle.extend_lease(s, gid, self.owner, self.settings.lease_seconds)
+                await self.heartbeat()
             except Exception:
-                log.exception("heartbeat_failed", generation_id=gid)
-                continue
-            if not alive:
-                # Canceled through another process, or taken over: stop paying for it.
+                log.exception("heartbeat_failed")
+
+    async def heartbeat(self) -> None:
+        """Renew every lease this worker holds with one statement, and stop the jobs whose
+        lease is gone (canceled through another process, or taken over): one write per worker
+        per beat, where one per job cost 10,000 writes a beat at 10,000 jobs in flight."""
+        if not self._leased:
+            return
+        held = set(self._leased)
+        async with self.db.write() as s:
+            renewed = await lifecycle.extend_leases(s, self.owner, self.settings.lease_seconds)
+        # A job that began ending since ``held`` was taken left ``_leased`` first: not stopped.
+        for gid in (held - renewed) & self._leased:
+            task = self._running.get(gid)
+            if task is not None:
                 self._user_canceled.add(gid)
-                job.cancel()
-                return
+                task.cancel()
 
     async def _execute(self, gen: Generation) -> None:
         async def record(
@@ -287,6 +303,7 @@ class Worker:
     async def _complete(self, gen: Generation, success: ChainSuccess) -> None:
         provider_id = success.provider
         stored = await self._store(gen, success.outputs)
+        self._leased.discard(gen.id)  # ending now: a heartbeat that misses it must not stop it
         async with self.db.write() as s:
             won = await lifecycle.succeed(
                 s,
@@ -324,6 +341,7 @@ class Worker:
     async def _fail(
         self, gen: Generation, error: ErrorName, message: str, provider_errors: list[dict[str, Any]] | None
     ) -> None:
+        self._leased.discard(gen.id)  # ending now: a heartbeat that misses it must not stop it
         async with self.db.write() as s:
             won = await lifecycle.fail(s, gen, error, message, provider_errors)
         await self.waiters.notify(gen.id)
