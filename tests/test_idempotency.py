@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import select, update
 
 from genplane.clock import utcnow
+from genplane.contract.errors import ApiError
 from genplane.credits.ledger import add_credits, balance_millis
 from genplane.db.models import Generation, IdempotencyRecord, LedgerEntry
 from genplane.generations import idempotency
@@ -200,7 +201,10 @@ async def test_same_key_while_first_is_in_flight_is_in_progress(harness: Harness
     assert await generations_of(harness, caller.account_id) == [r.json()["data"]["generation_id"]]
 
 
-async def test_abandoned_claim_is_taken_over_after_stale_time(harness: Harness) -> None:
+async def test_abandoned_claim_is_taken_over_after_stale_time(
+    database: dict[str, Any], harness_factory: Any
+) -> None:
+    harness: Harness = await harness_factory(**database)
     caller = await harness.caller(credits="1")
     svc = harness.services
     await idempotency.begin(svc.db, svc.settings, caller.account_id, "crashed", fingerprint(IMAGE, BODY))
@@ -223,10 +227,14 @@ async def test_abandoned_claim_is_taken_over_after_stale_time(harness: Harness) 
     assert len(await generations_of(harness, caller.account_id)) == 1
 
 
-async def test_concurrent_duplicates_create_exactly_one_generation(harness: Harness) -> None:
+async def test_concurrent_duplicates_create_exactly_one_generation(
+    database: dict[str, Any], harness_factory: Any
+) -> None:
+    """On PostgreSQL a get-then-insert let duplicates collide on the key (500 bse_database_error)."""
+    harness: Harness = await harness_factory(**database)
     caller = await harness.caller(credits="1")
     responses = await asyncio.gather(
-        *(caller.create_image(BODY, headers=key_header("burst")) for _ in range(8))
+        *(caller.create_image(BODY, headers=key_header("burst")) for _ in range(10))
     )
     created = [r for r in responses if r.status_code == 200 and "idempotency-replayed" not in r.headers]
     replayed = [r for r in responses if r.status_code == 200 and "idempotency-replayed" in r.headers]
@@ -241,6 +249,31 @@ async def test_concurrent_duplicates_create_exactly_one_generation(harness: Harn
     assert (await caller.wait(gid))["generation_status"] == "succeeded"
     assert await ledger_kinds(harness, caller.account_id) == ["reserve", "charge"]
     assert await balance_millis(harness.services.db, caller.account_id) == 1000 - COST
+
+
+async def test_concurrent_takeovers_of_an_abandoned_claim_let_one_through(
+    database: dict[str, Any], harness_factory: Any
+) -> None:
+    harness: Harness = await harness_factory(**database)
+    caller = await harness.caller(credits="1")
+    svc = harness.services
+    await idempotency.begin(svc.db, svc.settings, caller.account_id, "dead", fingerprint(IMAGE, BODY))
+    async with svc.db.write() as s:
+        await s.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.account_id == caller.account_id)
+            .values(updated_at=utcnow() - timedelta(seconds=svc.settings.idempotency_stale_seconds + 5))
+        )
+    claims = await asyncio.gather(
+        *(
+            idempotency.begin(svc.db, svc.settings, caller.account_id, "dead", fingerprint(IMAGE, BODY))
+            for _ in range(6)
+        ),
+        return_exceptions=True,
+    )
+    assert claims.count(None) == 1, claims
+    refused = [c for c in claims if c is not None]
+    assert all(isinstance(c, ApiError) and c.name == "bse_idempotency_in_progress" for c in refused)
 
 
 # -- key format ------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", description="SQLAlchemy async URL; empty means SQLite in <data_dir>/genplane.db."
     )
+    redis_url: str = Field(
+        "",
+        description="Redis shared by every process (redis:// or rediss://): rate-limit windows, "
+        "firewall blocks and counters. Empty: each process keeps them in memory (one process only).",
+    )
+    redis_prefix: str = Field(
+        "genplane:", description="Prefix of every key genplane writes in Redis, so deployments can share one."
+    )
     error_shape: Literal["auto", "flat", "nested"] = "auto"
     host: str = "127.0.0.1"
     port: int = 8000

@@ -9,19 +9,21 @@ from typing import Any
 import httpx
 import structlog
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from starlette.responses import HTMLResponse
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from genplane import __version__
 from genplane.accounts.service import Authenticator
 from genplane.api.blocklist import MemoryFirewallStore
+from genplane.api.blocklist_redis import RedisFirewallStore
 from genplane.api.docs_page import render_docs
 from genplane.api.errors import install_error_handlers
 from genplane.api.files import router as files_router
 from genplane.api.firewall import FirewallMiddleware, compile_rules
 from genplane.api.middleware import EdgeMiddleware
 from genplane.api.openapi import app_spec, route_table
-from genplane.api.ratelimit import RequestLimiter
+from genplane.api.ratelimit import RequestLimiter, shared_limit_storage
 from genplane.api.routers import account, content, generate, library
 from genplane.api.services import Services
 from genplane.catalog.loader import load_catalog
@@ -63,6 +65,7 @@ def build_services(
     )
     generations.waiters = waiters
     webhook_guard = PinnedFetcher(http, settings.webhook_allow_hosts)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     return Services(
         http=http,
         webhooks=WebhookDispatcher(db, settings, http, webhook_guard),
@@ -74,11 +77,16 @@ def build_services(
         worker=worker,
         generations=generations,
         authenticator=Authenticator(db, settings),
-        limiter=RequestLimiter(settings),
+        limiter=RequestLimiter(settings, shared_limit_storage(settings)),
         usage=UsageRecorder(db, settings.usage_flush_interval_seconds),
-        blocklist=MemoryFirewallStore.from_settings(settings),
+        blocklist=(
+            RedisFirewallStore.from_settings(settings, redis)
+            if redis is not None
+            else MemoryFirewallStore.from_settings(settings)
+        ),
         anomalies=AnomalyRecorder(db, settings),
         waiters=waiters,
+        redis=redis,
     )
 
 
@@ -118,6 +126,8 @@ def create_app(
             await svc.usage.stop()
             await svc.anomalies.stop()
             await svc.http.aclose()
+            if svc.redis is not None:
+                await svc.redis.aclose()
             await svc.db.dispose()
 
     app = FastAPI(

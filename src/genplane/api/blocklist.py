@@ -27,7 +27,7 @@ from genplane.settings import Settings
 MAX_SUBJECTS = 100_000
 # How long a key that authenticated once is treated as an authenticated caller.
 VERIFIED_SECONDS = 24 * 3600.0
-_VERIFIED_REFRESH = 60.0
+VERIFIED_REFRESH_SECONDS = 60.0
 
 
 def key_subject(token: str) -> str:
@@ -133,7 +133,7 @@ class MemoryFirewallStore:
     async def mark_verified(self, subject: str, account_id: str) -> None:
         now = self.clock()
         seen = self._verified.get(subject)
-        if seen is not None and now - seen[0] < _VERIFIED_REFRESH and seen[1] == account_id:
+        if seen is not None and now - seen[0] < VERIFIED_REFRESH_SECONDS and seen[1] == account_id:
             return
         self._verified.pop(subject, None)  # re-insert: the dict's order is least recently seen first
         self._verified[subject] = (now, account_id)

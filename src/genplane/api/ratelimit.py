@@ -48,6 +48,16 @@ def route_group(method: str, path: str) -> RouteGroup:
     return "read"
 
 
+def shared_limit_storage(settings: Settings) -> Storage | None:
+    """The windows' Redis storage when ``GENPLANE_REDIS_URL`` is set (every API process then
+    counts into the same windows), else None: this process's memory."""
+    if not settings.redis_url:
+        return None
+    return RedisStorage(
+        f"async+{settings.redis_url}", implementation="redispy", key_prefix=f"{settings.redis_prefix}limits"
+    )
+
+
 @dataclass(frozen=True)
 class RateInfo:
     limit: int

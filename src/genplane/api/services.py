@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+from redis.asyncio import Redis
 
 from genplane.accounts.service import Authenticator
 from genplane.api.blocklist import FirewallStore
@@ -39,3 +40,4 @@ class Services:
     blocklist: FirewallStore
     anomalies: AnomalyRecorder
     waiters: LocalGenerationWaiters  # requests held open by 'Prefer: wait', woken on terminal commits
+    redis: Redis | None = None  # the shared state's client, when GENPLANE_REDIS_URL is set

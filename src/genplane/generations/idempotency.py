@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import as_utc, utcnow
@@ -55,35 +57,79 @@ def request_fingerprint(method: str, path: str, raw_body: bytes) -> str:
 async def begin(
     db: Database, settings: Settings, account_id: str, key: str, fingerprint: str
 ) -> Replay | None:
+    """Claim the key for this request (None), or answer with its replay or a refusal.
+
+    Every step is one statement whose outcome decides: the claim is an insert that does
+    nothing on a conflict, an expired record is deleted only while still expired, and a
+    stale claim is taken over only if nobody touched it since it was read. Concurrent
+    duplicates therefore get one claim and refusals, never a constraint error, on
+    PostgreSQL (READ COMMITTED, many writers) as on SQLite.
+    """
     now = utcnow()
+    expired_before = now - timedelta(hours=settings.idempotency_ttl_hours)
     async with db.write() as s:
-        rec = await s.get(IdempotencyRecord, (account_id, key))
-        if rec is not None and as_utc(rec.created_at) < now - timedelta(hours=settings.idempotency_ttl_hours):
-            await s.delete(rec)
-            await s.flush()
-            rec = None
-        if rec is None:
-            s.add(
-                IdempotencyRecord(
-                    account_id=account_id,
-                    key=key,
-                    request_hash=fingerprint,
-                    state="in_progress",
-                    response_status=None,
-                    response_body=None,
-                    created_at=now,
-                    updated_at=now,
+        for _ in range(3):  # a record deleted between our insert and our read: claim again
+            if await _insert_claim(s, account_id, key, fingerprint, now):
+                return None
+            rec = (
+                await s.execute(
+                    select(IdempotencyRecord).where(
+                        IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key
+                    ).execution_options(populate_existing=True)
                 )
+            ).scalar_one_or_none()
+            if rec is None:
+                continue
+            if as_utc(rec.created_at) < expired_before:
+                await s.execute(
+                    delete(IdempotencyRecord).where(
+                        IdempotencyRecord.account_id == account_id,
+                        IdempotencyRecord.key == key,
+                        IdempotencyRecord.created_at < expired_before,
+                    )
+                )
+                continue
+            if rec.request_hash != fingerprint:
+                raise ApiError("bse_idempotency_key_reused")
+            if rec.state == "completed" and rec.response_body is not None and rec.response_status is not None:
+                return Replay(rec.response_status, rec.response_body.encode())
+            if (now - as_utc(rec.updated_at)).total_seconds() < settings.idempotency_stale_seconds:
+                raise ApiError("bse_idempotency_in_progress")
+            # Abandoned by a crashed request: this one takes it over, unless another did first.
+            taken = await s.execute(
+                update(IdempotencyRecord)
+                .where(
+                    IdempotencyRecord.account_id == account_id,
+                    IdempotencyRecord.key == key,
+                    IdempotencyRecord.state == "in_progress",
+                    IdempotencyRecord.updated_at == rec.updated_at,
+                )
+                .values(updated_at=now)
             )
-            return None
-        if rec.request_hash != fingerprint:
-            raise ApiError("bse_idempotency_key_reused")
-        if rec.state == "completed" and rec.response_body is not None and rec.response_status is not None:
-            return Replay(rec.response_status, rec.response_body.encode())
-        if (now - as_utc(rec.updated_at)).total_seconds() < settings.idempotency_stale_seconds:
+            if taken.rowcount:  # type: ignore[attr-defined]
+                return None
             raise ApiError("bse_idempotency_in_progress")
-        rec.updated_at = now  # abandoned by a crashed request: this one takes it over
-        return None
+    raise ApiError("bse_idempotency_in_progress")  # claimed and released over and over meanwhile
+
+
+async def _insert_claim(s: AsyncSession, account_id: str, key: str, fingerprint: str, now: datetime) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING``: True when this request now holds the key."""
+    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    claimed = await s.execute(
+        insert(IdempotencyRecord)
+        .values(
+            account_id=account_id,
+            key=key,
+            request_hash=fingerprint,
+            state="in_progress",
+            response_status=None,
+            response_body=None,
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["account_id", "key"])
+    )
+    return bool(claimed.rowcount)  # type: ignore[attr-defined]
 
 
 async def complete(s: AsyncSession, account_id: str, key: str, status_code: int, body: bytes) -> None:

@@ -235,11 +235,14 @@ class Worker:
         async with self.db.write() as s:
             renewed = await lifecycle.extend_leases(s, self.owner, self.settings.lease_seconds)
         # A job that began ending since ``held`` was taken left ``_leased`` first: not stopped.
-        for gid in (held - renewed) & self._leased:
+        lost = (held - renewed) & self._leased
+        for gid in lost:
             task = self._running.get(gid)
             if task is not None:
                 self._user_canceled.add(gid)
                 task.cancel()
+        if lost:
+            log.warning("leases_lost", jobs=len(lost), renewed=len(renewed))
 
     async def _execute(self, gen: Generation) -> None:
         async def record(

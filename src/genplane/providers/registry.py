@@ -25,10 +25,38 @@ from genplane.providers.selfhosted import SelfHostedAdapter
 from genplane.settings import Settings
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that keeps nothing: provider APIs authenticate by header, and a cookie one
+    provider sets must never ride along on another tenant's request."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class CookielessClient(httpx.AsyncClient):
+    """httpx's client without its cookie jar. Besides the isolation, the jar wraps every
+    response in urllib objects to look for cookies: about a tenth of the worker's CPU while
+    it polls thousands of predictions (py-spy on bench/inflight.py)."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        return None  # httpx's constructor sets the jar; there is none to set
+
+
+_NO_COOKIES = _NoCookies()
+
+
 def build_http_client(
     settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
+    return CookielessClient(
         transport=transport,
         timeout=settings.provider_request_timeout_seconds,
         follow_redirects=False,

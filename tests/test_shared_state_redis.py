@@ -1,0 +1,92 @@
+"""With GENPLANE_REDIS_URL, API processes share rate-limit windows and firewall state.
+
+Two apps on one database and one Redis stand for two API processes: a limit of N a minute
+is N in total across both, a subject one blocks the other refuses, and rejections counted
+by each add up to one block. Each test writes under its own key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from genplane.api.blocklist import key_subject
+from genplane.api.blocklist_redis import RedisFirewallStore
+from tests.conftest import Caller, Harness
+from tests.test_firewall import assert_error
+
+REDIS_URL = os.environ.get("GENPLANE_TEST_REDIS_URL", "")
+pytestmark = pytest.mark.skipif(not REDIS_URL, reason="GENPLANE_TEST_REDIS_URL is not set")
+
+
+async def two_processes(harness_factory: Callable[..., Any], **overrides: Any) -> tuple[Harness, Harness]:
+    shared = {"redis_url": REDIS_URL, "redis_prefix": f"test-{uuid.uuid4().hex}:", "run_worker": False}
+    first: Harness = await harness_factory(**shared, **overrides)
+    second: Harness = await harness_factory(**shared, **overrides)
+    return first, second
+
+
+def on(h: Harness, caller: Caller) -> Caller:
+    return Caller(h.client, caller.account_id, caller.key, caller.key_id)
+
+
+async def test_a_limit_is_shared_by_every_process(harness_factory: Callable[..., Any]) -> None:
+    a, b = await two_processes(harness_factory, rate_limit_per_minute=6)
+    caller = await a.caller()
+    statuses = [(await on(h, caller).get("/v1/status")).status_code for h in (a, b) * 5]
+    assert statuses == [200] * 6 + [429] * 4
+    refused = await on(b, caller).get("/v1/status")
+    assert refused.status_code == 429 and refused.headers["X-RateLimit-Limit"] == "6"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+async def test_a_block_from_one_process_holds_in_the_other(harness_factory: Callable[..., Any]) -> None:
+    a, b = await two_processes(harness_factory)
+    caller = await a.caller()
+    assert (await on(b, caller).get("/v1/status")).status_code == 200
+    await a.services.blocklist.block(key_subject(caller.key), 120)
+    r = await on(b, caller).get("/v1/status")
+    assert_error(r, 403, "bse_request_blocked")
+    assert 118 <= int(r.headers["Retry-After"]) <= 120
+
+
+async def test_rejections_counted_by_both_processes_add_up_to_one_block(
+    harness_factory: Callable[..., Any],
+) -> None:
+    a, b = await two_processes(harness_factory, firewall_max_rejections=10)
+    statuses = [(await h.client.get(f"/v1/undeclared/{i}")).status_code for i, h in enumerate((a, b) * 8)]
+    assert statuses == [404] * 11 + [403] * 5  # the 11th rejection, wherever it landed, blocks
+
+
+async def test_health_cache_names_redis(harness_factory: Callable[..., Any]) -> None:
+    a, _ = await two_processes(harness_factory)
+    caller = await a.caller()
+    data = (await caller.get("/v1/health/cache")).json()["data"]
+    assert data["service"] == "redis" and data["healthy"] is True
+
+
+async def test_store_windows_and_blocks_only_lengthen() -> None:
+    redis = Redis.from_url(REDIS_URL)
+    now = [1_000_000.0]
+    store = RedisFirewallStore(redis, f"test-{uuid.uuid4().hex}:", 3, 10.0, 60.0, clock=lambda: now[0])
+    try:
+        assert [await store.record_rejection("ip:192.0.2.1") for _ in range(3)] == [0.0] * 3
+        now[0] += 11  # the three left the window
+        assert [await store.record_rejection("ip:192.0.2.1") for _ in range(3)] == [0.0] * 3
+        assert await store.record_rejection("ip:192.0.2.1") == 60.0
+        assert 59 < await store.blocked_for("ip:192.0.2.1") <= 60
+        await store.block("ip:192.0.2.1", 5)  # shorter: the block stands
+        assert await store.blocked_for("ip:192.0.2.1") > 59
+        await store.block("ip:192.0.2.1", 600)
+        assert await store.blocked_for("ip:192.0.2.1") > 599
+        assert await store.blocked_for("ip:192.0.2.2") == 0.0
+        assert await store.verified_account("key:abc") is None
+        await store.mark_verified("key:abc", "acct_1")
+        assert await store.verified_account("key:abc") == "acct_1"
+    finally:
+        await redis.aclose()
