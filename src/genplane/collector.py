@@ -21,5 +21,6 @@ def tune_after_startup(settings: Settings) -> None:
         return
     gc.collect()
     gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(settings.gc_young_threshold, older, oldest)
+    # A full collection only after 100 of the middle generation's (Python: 10): with the
+    # default, 10,000 jobs in flight still saw 14 full collections of up to 1.3 s.
+    gc.set_threshold(settings.gc_young_threshold, 10, 100)
