@@ -148,6 +148,8 @@ async def harness_factory(settings_factory: Callable[..., Settings]) -> AsyncIte
         transport = httpx.ASGITransport(app=app, client=(client_host, 50000))
         client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
         stack.append((ctx, client))
+        if RATE_SETTINGS.intersection(overrides):  # a test that counts hits against a window
+            await clear_of_minute_boundary()
         return Harness(app, app.state.services, client)
 
     yield start
@@ -189,3 +191,20 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, An
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+#: Settings whose windows a test may count exactly: its harness starts clear of a minute boundary.
+RATE_SETTINGS = {
+    "rate_limit_per_minute", "rate_limits", "auth_failures_per_minute", "auth_failures_per_ip_per_minute"
+}
+
+
+async def clear_of_minute_boundary(needed: float = 15.0) -> None:
+    """Wait until the next ``needed`` seconds lie inside one clock minute.
+
+    The rate limits are sliding-window counters (``limits``) on minute windows aligned to
+    the clock: past a minute boundary the previous minute's hits count only for the share
+    of it still inside the window, so a test that counts hits exactly must not straddle one.
+    """
+    while time.time() % 60 > 60 - needed:
+        await asyncio.sleep(0.1)

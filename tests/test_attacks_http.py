@@ -137,7 +137,10 @@ def test_failures_at_an_address_never_lock_out_a_working_key(server: Server) -> 
     with client(server) as raw:
         for _ in range(30):
             assert raw.get("/v1/status").status_code == 401
-        assert raw.get("/v1/status").json()["error"] == "bse_auth_rate_limited"
+        # The window is a sliding-window *counter*: when a minute boundary falls inside the
+        # 30 failures, the previous minute's share decays, so a few more may still get a 401.
+        answers = [raw.get("/v1/status").json()["error"] for _ in range(6)]
+        assert "bse_auth_rate_limited" in answers, answers
         with client(server, key) as api:
             assert api.get("/v1/status").status_code == 200
         for i in range(6):  # keyless junk: the address is blocked
