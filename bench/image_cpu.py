@@ -184,8 +184,7 @@ async def genplane_pass(
                 return str(r.json()["data"]["generation_id"])
 
             ids = await _gather_bounded([create] * images, 32)
-            worker = svc.worker
-            assert worker._queue.qsize() == len(ids)  # every job waits for the worker
+            worker = svc.worker  # not started: every job waits, pending, for it
 
             gc.collect()
             rss_before = rss_peak = rss_mib()
@@ -194,6 +193,8 @@ async def genplane_pass(
                 profile.enable()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             await worker.start()
+            for gid in ids:  # at once, rather than 500 a sweep
+                worker.enqueue(gid)
             while worker._queue.qsize() or worker.in_flight:
                 peak_running = max(peak_running, worker.in_flight)
                 if measure_memory:

@@ -836,7 +836,8 @@ async def test_cancel_pending_generation_never_runs(harness_factory: Any) -> Non
     assert data["credits_refunded"] is True
     assert data["provider_cancel_sent"] is False  # nothing was running anywhere
     worker = h.services.worker
-    await worker.start()  # the canceled job is still in the worker's queue
+    await worker.start()
+    worker.enqueue(gid)  # a stale hint for the canceled job: claiming it must find nothing to run
     try:
         await settle_worker(caller)
     finally:

@@ -526,7 +526,7 @@ async def test_the_worker_runs_every_admitted_job_at_once(harness_factory: Calla
     caller = await h.caller(credits="10")
     ids = [(await caller.create_image()).json()["data"]["generation_id"] for _ in range(40)]
     worker, most = h.services.worker, 0
-    await worker.start()  # every job is queued by now
+    await worker.start()  # its first sweep finds every pending job
     try:
         for _ in range(200):
             most = max(most, worker.in_flight)
@@ -590,3 +590,17 @@ async def test_one_heartbeat_renews_every_lease_and_stops_jobs_ended_elsewhere(
     record = await caller.wait(ids[0])
     assert record["generation_status"] == "canceled"
     assert set(await ledger_of(h, ids[0])) == {"reserve", "refund"}
+
+
+async def test_an_api_only_process_queues_nothing(harness_factory: Callable[..., Any]) -> None:
+    """With run_worker=false nobody consumes this process's queue: a hint kept there per
+    create would only grow. The rows stay pending for the workers that sweep them."""
+    h: Harness = await harness_factory(run_worker=False)
+    caller = await h.caller()
+    for _ in range(5):
+        assert (await caller.create_image()).status_code == 200
+    worker = h.services.worker
+    assert worker._queue.qsize() == 0 and not worker._queued
+    async with h.services.db.read() as s:
+        statuses = (await s.scalars(select(Generation.status))).all()
+    assert list(statuses) == ["pending"] * 5

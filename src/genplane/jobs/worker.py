@@ -92,12 +92,16 @@ class Worker:
         self._leased: set[str] = set()
         self._user_canceled: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        #: Whether this process runs jobs; an API-only process (run_worker=false) must not
+        #: queue hints nobody consumes: the job's row is the work, for whichever worker.
+        self._started = False
         self.file_sweep = FileSweep(db, store)
         self.janitor = Janitor(db, settings)
         self.waiters: GenerationWaiters = LocalGenerationWaiters()  # woken after terminal commits
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        self._started = True
         slots = asyncio.Semaphore(concurrency(self.settings))
         self._background = [
             asyncio.create_task(self._consume(slots)),
@@ -116,7 +120,7 @@ class Worker:
             await lifecycle.release_leases(s, self.owner)
 
     def enqueue(self, generation_id: str) -> None:
-        if generation_id in self._queued or generation_id in self._running:
+        if not self._started or generation_id in self._queued or generation_id in self._running:
             return
         self._queued.add(generation_id)
         self._queue.put_nowait(generation_id)
