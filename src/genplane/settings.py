@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         "",
-        description="Redis shared by every process (redis:// or rediss://): rate-limit windows, "
+        description="Redis shared by every process (redis://, rediss:// or unix://): rate-limit windows, "
         "firewall blocks and counters. Empty: each process keeps them in memory (one process only).",
     )
     redis_prefix: str = Field(

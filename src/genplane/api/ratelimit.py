@@ -53,9 +53,10 @@ def shared_limit_storage(settings: Settings) -> Storage | None:
     counts into the same windows), else None: this process's memory."""
     if not settings.redis_url:
         return None
-    return RedisStorage(
-        f"async+{settings.redis_url}", implementation="redispy", key_prefix=f"{settings.redis_prefix}limits"
-    )
+    url = settings.redis_url
+    # limits names a Redis socket path redis+unix://, where Redis's own clients say unix://.
+    uri = "async+redis+" + url if url.startswith("unix://") else "async+" + url
+    return RedisStorage(uri, implementation="redispy", key_prefix=f"{settings.redis_prefix}limits")
 
 
 @dataclass(frozen=True)
