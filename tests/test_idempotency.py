@@ -201,6 +201,17 @@ async def test_same_key_while_first_is_in_flight_is_in_progress(harness: Harness
     assert await generations_of(harness, caller.account_id) == [r.json()["data"]["generation_id"]]
 
 
+async def abandon(harness: Harness, account_id: str, key: str) -> None:
+    """Age the key's claim past the stale time, as a request that died long ago leaves it."""
+    old = utcnow() - timedelta(seconds=harness.services.settings.idempotency_stale_seconds + 5)
+    async with harness.services.db.write() as s:
+        await s.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.account_id == account_id, IdempotencyRecord.key == key)
+            .values(updated_at=old)
+        )
+
+
 async def test_abandoned_claim_is_taken_over_after_stale_time(
     database: dict[str, Any], harness_factory: Any
 ) -> None:
@@ -210,14 +221,7 @@ async def test_abandoned_claim_is_taken_over_after_stale_time(
     await idempotency.begin(svc.db, svc.settings, caller.account_id, "crashed", fingerprint(IMAGE, BODY))
     r = await caller.create_image(BODY, headers=key_header("crashed"))
     assert_error(r, 409, "bse_idempotency_in_progress", retryable=True)
-    # The request that claimed it died long ago.
-    old = utcnow() - timedelta(seconds=svc.settings.idempotency_stale_seconds + 5)
-    async with svc.db.write() as s:
-        await s.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.account_id == caller.account_id, IdempotencyRecord.key == "crashed")
-            .values(updated_at=old)
-        )
+    await abandon(harness, caller.account_id, "crashed")  # the request that claimed it died long ago
     r = await caller.create_image(BODY, headers=key_header("crashed"))
     assert r.status_code == 200, r.text
     assert "idempotency-replayed" not in r.headers
@@ -258,12 +262,7 @@ async def test_concurrent_takeovers_of_an_abandoned_claim_let_one_through(
     caller = await harness.caller(credits="1")
     svc = harness.services
     await idempotency.begin(svc.db, svc.settings, caller.account_id, "dead", fingerprint(IMAGE, BODY))
-    async with svc.db.write() as s:
-        await s.execute(
-            update(IdempotencyRecord)
-            .where(IdempotencyRecord.account_id == caller.account_id)
-            .values(updated_at=utcnow() - timedelta(seconds=svc.settings.idempotency_stale_seconds + 5))
-        )
+    await abandon(harness, caller.account_id, "dead")
     claims = await asyncio.gather(
         *(
             idempotency.begin(svc.db, svc.settings, caller.account_id, "dead", fingerprint(IMAGE, BODY))
