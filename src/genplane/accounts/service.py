@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from genplane.accounts.auth_cache import AuthCache, KeyState, forget
+from genplane.accounts.auth_cache import AuthCache, KeyState, announce_forget, forget
 from genplane.accounts.keys import (
     hash_key,
     ip_allowed,
@@ -87,6 +87,7 @@ async def delete_account(db: Database, account_id: str) -> bool:
             .where(Account.id == account_id, Account.deleted_at.is_(None))
             .values(deleted_at=utcnow())
         )
+        await announce_forget(s, account_id=account_id)
     forget(account_id=account_id)
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
@@ -172,6 +173,7 @@ async def revoke_key(db: Database, key_id: str) -> bool:
         res = await s.execute(
             update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow())
         )
+        await announce_forget(s, key_id=key_id)
     forget(key_id=key_id)
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
@@ -222,6 +224,7 @@ async def rotate_key(db: Database, settings: Settings, key_id: str, grace_hours:
         grace_end = now + timedelta(hours=grace_hours)
         new_expiry = grace_end if old.expires_at is None else min(as_utc(old.expires_at), grace_end)
         await s.execute(update(ApiKey).where(ApiKey.id == old.id).values(expires_at=new_expiry))
+        await announce_forget(s, key_id=old.id)
     forget(key_id=old.id)
     return issued
 

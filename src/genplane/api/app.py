@@ -39,7 +39,7 @@ from genplane.net.fetch import PinnedFetcher
 from genplane.providers.base import ProviderAdapter
 from genplane.providers.registry import build_http_client, build_providers
 from genplane.settings import Settings, get_settings
-from genplane.storage.store import LocalFileStore
+from genplane.storage.factory import build_store
 from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
 from genplane.webhooks.delivery import WebhookDispatcher
@@ -52,9 +52,9 @@ def build_services(
     providers: dict[str, ProviderAdapter] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Services:
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, pool_size=settings.database_pool_size)
     catalog = load_catalog(settings.catalog_dir)
-    store = LocalFileStore(settings.files_dir, settings.public_base_url)
+    store = build_store(settings)
     http = build_http_client(settings, transport)
     adapters = providers if providers is not None else build_providers(settings, http)
     fetcher = FileFetcher(http, settings.fetch_allow_hosts)
@@ -109,26 +109,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upgrade(settings.resolved_database_url)
         svc: Services = app.state.services
-        svc.usage.start()
-        svc.anomalies.start()
-        if settings.run_worker:
-            await svc.worker.start()
-            await svc.webhooks.start()
+        await svc.start(api=True, worker=settings.run_worker)
         if tune_collector:
             tune_after_startup(settings)
         log.info("genplane_started", region=settings.region, database=svc.db.url.split(":", 1)[0])
         try:
             yield
         finally:
-            if settings.run_worker:
-                await svc.webhooks.stop()
-                await svc.worker.stop()
-            await svc.usage.stop()
-            await svc.anomalies.stop()
-            await svc.http.aclose()
-            if svc.redis is not None:
-                await svc.redis.aclose()
-            await svc.db.dispose()
+            await svc.stop(settings.worker_drain_seconds)
 
     app = FastAPI(
         title="genplane API",

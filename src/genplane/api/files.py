@@ -1,4 +1,7 @@
-"""Serves stored outputs at unguessable URLs (local storage only; S3 uses presigned URLs).
+"""Serves stored outputs at unguessable URLs, whichever store holds them.
+
+These URLs are what records keep, so they never change; with presigning on, a GET is
+answered with a redirect to a fresh presigned URL and the bucket sends the bytes.
 
 Keys are checked against the one shape the store writes before storage is touched, so
 a malformed key is a plain 404 like a missing file, never a storage error in the logs.
@@ -19,7 +22,7 @@ from genplane.api.byteranges import Unsatisfiable, byte_range
 from genplane.api.deps import services
 from genplane.contract.errors import ApiError
 from genplane.storage.keys import is_file_key
-from genplane.storage.store import StorageError
+from genplane.storage.store import SignedUrl, StorageError
 
 router = APIRouter(include_in_schema=False)
 log = structlog.get_logger("genplane.files")
@@ -29,6 +32,12 @@ STREAM_CHUNK_BYTES = 1024 * 1024  # at most about this much of a file is in memo
 
 def _not_found() -> ApiError:
     return ApiError("bse_route_not_found", "No such file.")
+
+
+def _redirect(signed: SignedUrl) -> Response:
+    """Cached for half the URL's life, so a reused redirect still has time to be followed."""
+    cache = f"private, max-age={signed.expires_in // 2}"
+    return Response(status_code=307, headers={"Location": signed.url, "Cache-Control": cache})
 
 
 async def _logged(chunks: AsyncIterator[bytes], request_id: str, key: str) -> AsyncIterator[bytes]:
@@ -59,6 +68,9 @@ async def get_file(request: Request, key: str) -> Response:
     media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
     if request.method == "HEAD":  # Range applies to GET only
         return Response(media_type=media_type, headers={**headers, "Content-Length": str(size)})
+    signed = await store.presigned_url(key)
+    if signed is not None:  # the bucket serves the bytes, Range included
+        return _redirect(signed)
     wanted = None
     if "if-range" not in request.headers:  # no validators are sent, so none can match
         try:

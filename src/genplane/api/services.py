@@ -1,4 +1,10 @@
-"""Everything a request handler may use, built once per app and kept on ``app.state``."""
+"""Everything a request handler or a worker may use, built once per process.
+
+A process plays one or both roles: the API (``genplane serve``, kept on ``app.state``) and
+the worker (jobs, webhook deliveries, sweeps: in the API process unless
+``GENPLANE_RUN_WORKER=false``, or ``genplane worker``). :meth:`Services.start` starts what
+the roles need, the cross-process listener included when the database carries notifications.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from genplane.accounts.auth_cache import forget_announced
 from genplane.accounts.service import Authenticator
 from genplane.api.blocklist import FirewallStore
 from genplane.api.ratelimit import RequestLimiter
 from genplane.catalog.loader import Catalog
+from genplane.db import events
 from genplane.db.engine import Database
 from genplane.generations.service import GenerationService
 from genplane.generations.waiters import LocalGenerationWaiters
@@ -41,3 +49,46 @@ class Services:
     anomalies: AnomalyRecorder
     waiters: LocalGenerationWaiters  # requests held open by 'Prefer: wait', woken on terminal commits
     redis: Redis | None = None  # the shared state's client, when GENPLANE_REDIS_URL is set
+    listener: events.DatabaseListener | None = None  # PostgreSQL only; built by start()
+    _roles: tuple[bool, bool] = (False, False)
+
+    async def start(self, *, api: bool, worker: bool) -> None:
+        """Start the background work of the roles this process plays."""
+        self._roles = (api, worker)
+        if api:
+            self.usage.start()
+            self.anomalies.start()
+        handlers: dict[str, events.Handler] = {}
+        if api:
+            handlers[events.ENDED] = self.waiters.notify
+            handlers[events.KEYS] = forget_announced
+        if worker:
+            handlers[events.JOBS] = self.worker.enqueue
+            handlers[events.CANCELS] = self.worker.cancel_local
+        dsn = events.listen_dsn(self.db.url)
+        if dsn is not None and handlers:
+            # Listening before the worker's first sweep: a job created in between is not missed.
+            self.listener = events.DatabaseListener(
+                dsn, handlers, on_reconnect=self.worker.sweep if worker else None
+            )
+            await self.listener.start()
+        if worker:
+            await self.worker.start()
+            await self.webhooks.start()
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop what :meth:`start` started; a worker lets its jobs run ``drain_seconds`` more,
+        then hands the rest back to the other workers."""
+        api, worker = self._roles
+        if worker:
+            await self.worker.stop(drain_seconds)
+            await self.webhooks.stop()
+        if self.listener is not None:
+            await self.listener.stop()
+        if api:
+            await self.usage.stop()
+            await self.anomalies.stop()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
@@ -87,29 +88,71 @@ def serve(
         int | None,
         typer.Option(help="Serve on this inherited, already listening socket (a file descriptor) instead."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="API processes sharing the one port (each also a worker unless GENPLANE_RUN_WORKER=false).",
+        ),
+    ] = 1,
 ) -> None:
-    """Serve the API (and, unless GENPLANE_RUN_WORKER=false, the worker) in one process."""
+    """Serve the API (and, unless GENPLANE_RUN_WORKER=false, the worker); --workers N: N processes."""
+    import asyncio
+
     from genplane.api.app import create_app
     from genplane.api.connections import build_server
+    from genplane.cli.processes import listening_socket, supervise
     from genplane.logs import configure_logging
 
     settings = get_settings()
     configure_logging(settings.log_level)
+    host = host if host is not None else settings.host
+    port = port if port is not None else settings.port
+    if workers > 1:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            sock = socket.socket(fileno=fd) if fd is not None else listening_socket(host, port)
+        except OSError as exc:
+            raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        sock.set_inheritable(True)
+        raise typer.Exit(asyncio.run(supervise(workers, sock, settings)))
     api = create_app(settings, tune_collector=True)
     try:
-        server = build_server(
-            api,
-            settings,
-            host=host if host is not None else settings.host,
-            port=port if port is not None else settings.port,
-            fd=fd,
-        )
+        server = build_server(api, settings, host=host, port=port, fd=fd)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     try:
         server.run()
     except KeyboardInterrupt:  # Ctrl+C, re-raised by uvicorn once it has shut down cleanly
         pass
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            max=16384,
+            help="Jobs run at once (default: GENPLANE_WORKER_CONCURRENCY, or what the in-flight caps admit).",
+        ),
+    ] = None,
+) -> None:
+    """Run generation jobs, webhook deliveries and sweeps, without the API (scaled-out installs)."""
+    import asyncio
+
+    from genplane.cli.processes import run_worker
+    from genplane.logs import configure_logging
+
+    settings = get_settings()
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(run_worker(settings))
 
 
 @app.command()

@@ -150,7 +150,7 @@ class _Checkpointer:
 
 
 class Database:
-    def __init__(self, url: str, busy_seconds: float = 30.0) -> None:
+    def __init__(self, url: str, busy_seconds: float = 30.0, pool_size: int = 10) -> None:
         self.url = url
         self.busy_seconds = busy_seconds
         self.is_sqlite = url.startswith("sqlite")
@@ -163,7 +163,11 @@ class Database:
             self.statement_engine = _sqlite_engine(url, path, None, busy_timeout_ms=2000)
             self._checkpointer = _Checkpointer(path)
         else:
-            self.write_engine = create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+            # A fixed pool: each process holds at most ``pool_size`` connections (and the listener's
+            # one), so processes x (pool_size + 1) can be sized below the server's max_connections.
+            self.write_engine = create_async_engine(
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=60, pool_pre_ping=True
+            )
             self.read_engine = self.statement_engine = self.write_engine
         self._writes = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False)

@@ -20,6 +20,7 @@ from genplane.clock import as_utc, utcnow
 from genplane.contract.errors import ApiError, ErrorName
 from genplane.contract.status import GenerationStatus
 from genplane.credits import ledger
+from genplane.db import events
 from genplane.db.models import Account, Generation
 from genplane.generations.record import event_data
 from genplane.generations.request import GenerationRequest
@@ -98,6 +99,7 @@ async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
         )
     s.add(gen)
     await ledger.reserve(s, gen.account_id, gen.id, gen.cost_millis)
+    await events.announce(s, events.JOBS, gen.id)  # wakes a worker of any process at commit
 
 
 # The worker's hot statements, built once: a job is claimed and ended with one UPDATE each,
@@ -113,21 +115,27 @@ _ENDPOINTS = has_endpoints(
 ).label("any_endpoint")
 #: ``status IN ACTIVE`` as plain comparisons: an IN list is re-rendered at every execution.
 _IS_ACTIVE = or_(*(_GEN.c.status == status for status in ACTIVE))
-_CLAIM = (
+#: Whose lease has lapsed (or who has none): the jobs a worker may claim.
+_CLAIMABLE = (
+    _GEN.c.id == bindparam("gid"),
+    _IS_ACTIVE,
+    or_(_GEN.c.lease_expires_at.is_(None), _GEN.c.lease_expires_at < bindparam("now")),
+)
+_CLAIM_VALUES: dict[str, Any] = {
+    "status": GenerationStatus.PROCESSING,
+    "lease_owner": bindparam("owner"),
+    "lease_expires_at": bindparam("until"),
+    "claims": _GEN.c.claims + 1,
+    "started_at": func.coalesce(_GEN.c.started_at, bindparam("now")),
+    "updated_at": bindparam("now"),
+}
+_CLAIM = update(_GEN).where(*_CLAIMABLE).values(_CLAIM_VALUES).returning(*_ROW, _ENDPOINTS)
+#: PostgreSQL: every worker is woken for a new job and all try to claim it; SKIP LOCKED lets
+#: the losers see at once that another holds the row instead of queueing on its lock.
+_CLAIM_SKIP_LOCKED = (
     update(_GEN)
-    .where(
-        _GEN.c.id == bindparam("gid"),
-        _IS_ACTIVE,
-        or_(_GEN.c.lease_expires_at.is_(None), _GEN.c.lease_expires_at < bindparam("now")),
-    )
-    .values(
-        status=GenerationStatus.PROCESSING,
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("until"),
-        claims=_GEN.c.claims + 1,
-        started_at=func.coalesce(_GEN.c.started_at, bindparam("now")),
-        updated_at=bindparam("now"),
-    )
+    .where(_GEN.c.id.in_(select(_GEN.c.id).where(*_CLAIMABLE).with_for_update(skip_locked=True)))
+    .values(_CLAIM_VALUES)
     .returning(*_ROW, _ENDPOINTS)
 )
 #: What ending a generation sets besides its status and outcome, and the columns its event reads.
@@ -205,7 +213,8 @@ async def claim(s: AsyncSession, generation_id: str, owner: str, lease_seconds: 
     params = {
         "gid": generation_id, "now": now, "owner": owner, "until": now + timedelta(seconds=lease_seconds)
     }
-    row = (await s.execute(_CLAIM, params)).first()
+    statement = _CLAIM_SKIP_LOCKED if events.announces(s) else _CLAIM
+    row = (await s.execute(statement, params)).first()
     if row is None:
         return None
     gen = _from_row(row)  # the row as the claim left it, without reading it again
@@ -234,12 +243,17 @@ async def extend_leases(s: AsyncSession, owner: str, lease_seconds: float) -> se
 
 
 async def release_leases(s: AsyncSession, owner: str) -> None:
-    """Hand a stopping worker's jobs back at once instead of making the next one wait out the lease."""
-    await s.execute(
-        update(Generation)
-        .where(Generation.lease_owner == owner, Generation.status.in_(ACTIVE))
+    """Hand a stopping worker's jobs back at once instead of making the next one wait out the
+    lease; another process's worker is woken for each at commit."""
+    handed_back = await s.execute(
+        update(_GEN)
+        .where(_GEN.c.lease_owner == owner, _IS_ACTIVE)
         .values(lease_owner=None, lease_expires_at=None)
+        .returning(_GEN.c.id)
     )
+    if events.announces(s):
+        for gid in handed_back.scalars():
+            await events.announce(s, events.JOBS, gid)
 
 
 async def note_prediction(s: AsyncSession, generation_id: str, provider: str, prediction_id: str) -> None:
@@ -312,6 +326,7 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
     await s.execute(_LANDED, {"aid": gen.account_id})
     refunded = await _settle(s, gen, "refund")
     await _emit_terminal(s, gen.id, "generation.canceled", refunded)
+    await events.announce(s, events.CANCELS, gen.id)  # the worker running it, in any process, stops
     return gen, refunded
 
 
@@ -377,6 +392,7 @@ async def _emit_terminal(
     """The terminal event, from the row as this transaction just wrote it: ``ended``, what the
     ending UPDATE returned, or else the row read again. The event's data is built only when
     an endpoint wants the event."""
+    await events.announce(s, events.ENDED, generation_id)  # ``Prefer: wait`` in any process
     if ended is not None:
         row = ended
         await emit(

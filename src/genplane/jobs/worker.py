@@ -109,13 +109,20 @@ class Worker:
             asyncio.create_task(self._heartbeat_forever()),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        """Stop taking jobs; let running ones finish for up to ``drain_seconds``; stop the rest
+        and hand their leases back at once, so another worker resumes them without waiting
+        out the lease."""
+        self._started = False
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if drain_seconds > 0 and self._running:
+            await asyncio.wait(list(self._running.values()), timeout=drain_seconds)
         running = list(self._running.values())
         for task in running:
             task.cancel()
-        await asyncio.gather(*self._background, *running, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         async with self.db.write() as s:
             await lifecycle.release_leases(s, self.owner)
 

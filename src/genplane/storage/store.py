@@ -1,8 +1,11 @@
 """Output file storage behind one small interface, on obstore.
 
-The embedded default is a local directory served by the app itself; a later S3
-store implements the same methods. Keys carry a random token, so a file's URL cannot
-be derived from its generation id (see :mod:`genplane.storage.keys` for their shape).
+The embedded default is a local directory; :mod:`genplane.storage.s3` keeps the same
+keys in an S3-compatible bucket. Both are obstore stores, so everything but listing
+and tidying lives once, in :class:`ObstoreFileStore`. Either way a file's URL is the
+app's own ``/files/`` route, so it stays valid whatever serves it. Keys carry a random
+token, so a file's URL cannot be derived from its generation id (see
+:mod:`genplane.storage.keys` for their shape).
 
 Errors keep two texts apart: :class:`StorageError`'s ``str()`` is a short, stable
 summary that may reach tenants; ``detail`` is the library's own text (local paths, a
@@ -17,6 +20,7 @@ import heapq
 import os
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,8 @@ from obstore.store import LocalStore
 from genplane.storage.keys import TOKEN_BYTES, is_file_key, is_generation_id, new_file_key
 
 if TYPE_CHECKING:
-    from obstore import GetOptions
+    from obstore import Attributes, GetOptions
+    from obstore.store import ObjectStore
 
 # The health probe's folders: fresh for every probe, never shaped like a generation id.
 PROBE_PREFIX = "_health-"
@@ -49,6 +54,14 @@ class StorageHealth:
     bucket: str
     error: str | None = None  # stable, shown to callers
     detail: str | None = None  # the underlying error, for the log only
+
+
+@dataclass(frozen=True)
+class SignedUrl:
+    """A URL that reads one file straight from the store, for ``expires_in`` seconds."""
+
+    url: str
+    expires_in: int
 
 
 class StorageError(Exception):
@@ -76,16 +89,19 @@ class FileStore(Protocol):
     async def delete_except(self, generation_id: str, keep_keys: Collection[str]) -> int: ...
     async def generation_ids(self, after: str | None, limit: int) -> list[str]: ...
     async def health(self) -> StorageHealth: ...
+    async def presigned_url(self, key: str) -> SignedUrl | None:
+        """Where a client may fetch the file directly; None: the app serves it itself."""
+        ...
 
 
-class LocalFileStore:
-    """Files under a directory; URLs point at the app's own ``/files/`` route."""
+class ObstoreFileStore(ABC):
+    """The file store's behaviour over any obstore store; subclasses say where files live,
+    how generation folders are listed and what is left to tidy after a delete."""
 
-    def __init__(self, root: Path, public_base_url: str) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        self._store = LocalStore(str(root.resolve()), mkdir=True)
+    def __init__(self, store: ObjectStore, public_base_url: str, bucket: str) -> None:
+        self._store = store
         self._base = public_base_url.rstrip("/")
+        self._bucket = bucket  # what health reports: never an endpoint or a credential
 
     # -- writing and reading ---------------------------------------------------------------
     async def put(
@@ -95,13 +111,17 @@ class LocalFileStore:
             key = new_file_key(generation_id, index, ext)
         except ValueError as exc:
             raise StorageError("Writing a file to storage failed.", str(exc)) from exc
-        await self._write(key, data)
+        await self._write(key, data, self._attributes(content_type))
         return StoredFile(key=key, url=f"{self._base}/files/{key}", size=len(data), content_type=content_type)
 
-    async def _write(self, key: str, data: bytes) -> None:
+    def _attributes(self, content_type: str) -> Attributes | None:
+        """What the object itself records (a local store records nothing)."""
+        return None
+
+    async def _write(self, key: str, data: bytes, attributes: Attributes | None = None) -> None:
         """The one write path: outputs and the health probe both come through here."""
         try:
-            await obstore.put_async(self._store, key, data)
+            await obstore.put_async(self._store, key, data, attributes=attributes)
         except Exception as exc:
             raise StorageError("Writing a file to storage failed.", str(exc)) from exc
 
@@ -154,7 +174,8 @@ class LocalFileStore:
         """Delete the generation's files that are not in ``keep_keys``; returns how many.
 
         A file already gone counts as deleted by someone else (the worker and the sweep may
-        both clean one generation), not as an error.
+        both clean one generation), not as an error (S3 answers such a delete as done, so
+        there it may count twice).
         """
         if not is_generation_id(generation_id):
             return 0
@@ -167,16 +188,21 @@ class LocalFileStore:
         for item in items:
             if item["path"] not in keep and await self._remove(item["path"]):
                 deleted += 1
-        await asyncio.to_thread(_prune_empty_dirs, self.root / generation_id)
+        await self._tidy(generation_id)
         return deleted
 
+    async def _tidy(self, folder: str) -> None:
+        """Called once a top-level folder's files are deleted; object stores keep no folders."""
+        return None
+
     # -- listing ---------------------------------------------------------------------------
+    @abstractmethod
     async def generation_ids(self, after: str | None, limit: int) -> list[str]:
         """Up to ``limit`` generation ids that have stored files, in order, after ``after``."""
-        try:
-            return await asyncio.to_thread(_first_generation_dirs, self.root, after, limit)
-        except OSError as exc:
-            raise StorageError("Listing stored files failed.", str(exc)) from exc
+
+    # -- direct reads ----------------------------------------------------------------------
+    async def presigned_url(self, key: str) -> SignedUrl | None:
+        return None
 
     # -- health ----------------------------------------------------------------------------
     async def health(self) -> StorageHealth:
@@ -188,10 +214,10 @@ class LocalFileStore:
         try:
             await self._probe(key)
         except StorageError as exc:
-            return StorageHealth(False, _ms_since(start), "local", exc.summary, exc.detail)
+            return StorageHealth(False, _ms_since(start), self._bucket, exc.summary, exc.detail)
         finally:
-            await asyncio.to_thread(_prune_empty_dirs, self.root / folder)
-        return StorageHealth(True, _ms_since(start), "local")
+            await self._tidy(folder)
+        return StorageHealth(True, _ms_since(start), self._bucket)
 
     async def _probe(self, key: str) -> None:
         await self._write(key, b"ok")
@@ -211,6 +237,25 @@ class LocalFileStore:
         except Exception as exc:
             raise StorageError("Deleting stored files failed.", str(exc)) from exc
         return True
+
+
+class LocalFileStore(ObstoreFileStore):
+    """Files under a directory, served by the app's ``/files/`` route."""
+
+    def __init__(self, root: Path, public_base_url: str) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        super().__init__(LocalStore(str(root.resolve()), mkdir=True), public_base_url, "local")
+
+    async def _tidy(self, folder: str) -> None:
+        """Deleting files leaves their folders behind; listing reads folders, so they go too."""
+        await asyncio.to_thread(_prune_empty_dirs, self.root / folder)
+
+    async def generation_ids(self, after: str | None, limit: int) -> list[str]:
+        try:
+            return await asyncio.to_thread(_first_generation_dirs, self.root, after, limit)
+        except OSError as exc:
+            raise StorageError("Listing stored files failed.", str(exc)) from exc
 
 
 async def _chunks(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -14,7 +14,17 @@ from genplane.db.models import Base
 target_metadata = Base.metadata
 
 
+#: Any constant shared by every genplane process: PostgreSQL's advisory-lock key for migrating.
+_MIGRATION_LOCK = 0x67656E706C616E65  # "genplane"
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several processes start at once when scaled out and each brings the schema to head:
+        # one migrates while the others wait, then find nothing left to do. The lock is the
+        # session's, released when this connection closes.
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+        connection.commit()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
