@@ -303,6 +303,10 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often request counters and anomaly flags are written to the database."
     )
     log_level: str = "INFO"
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token GET /metrics (Prometheus text) requires; unset: /metrics is off (404).",
+    )
 
     firewall_enabled: bool = Field(
         True,
@@ -364,7 +368,7 @@ class Settings(BaseSettings):
     @field_validator(
         "replicate_api_token", "fal_key", "bfl_api_key", "openai_api_key", "runway_api_key",
         "cloudflare_api_token", "alibabacloud_api_key", "byteplus_api_key", "google_api_key",
-        "selfhosted_api_key", mode="before",
+        "selfhosted_api_key", "metrics_token", mode="before",
     )
     @classmethod
     def _blank_credential_is_none(cls, value: Any) -> Any:

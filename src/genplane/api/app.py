@@ -23,7 +23,10 @@ from genplane.api.files import router as files_router
 from genplane.api.firewall import FirewallMiddleware, compile_rules
 from genplane.api.middleware import EdgeMiddleware
 from genplane.api.openapi import app_spec, route_table
+from genplane.api.operability import METRICS, PROBE_PATHS, UNCOUNTED_PATHS, metrics_router, probes_router
 from genplane.api.ratelimit import RequestLimiter, shared_limit_storage
+from genplane.api.readiness import Readiness
+from genplane.api.request_metrics import RequestMetrics
 from genplane.api.routers import account, content, generate, library
 from genplane.api.services import Services
 from genplane.catalog.loader import load_catalog
@@ -35,6 +38,8 @@ from genplane.generations.service import GenerationService
 from genplane.generations.waiters import LocalGenerationWaiters
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.worker import Worker
+from genplane.metrics.backlog import BacklogCollector
+from genplane.metrics.exposition import Exposition, multiprocess_directory
 from genplane.net.fetch import PinnedFetcher
 from genplane.providers.base import ProviderAdapter
 from genplane.providers.registry import build_http_client, build_providers
@@ -104,6 +109,7 @@ def create_app(
     build many apps in one process."""
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    multiprocess_directory()  # a PROMETHEUS_MULTIPROC_DIR that is no directory fails now
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,6 +122,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.readiness.stopping = True  # /readyz: 503 from here on
             await svc.stop(settings.worker_drain_seconds)
 
     app = FastAPI(
@@ -131,6 +138,12 @@ def create_app(
     for module in (account, generate, content, library):
         app.include_router(module.router)
     app.include_router(files_router)
+    services: Services = app.state.services
+    app.state.readiness = Readiness(services)
+    app.include_router(probes_router(app.state.readiness))
+    if settings.metrics_token is not None:
+        exposition = Exposition(BacklogCollector(services.db))
+        app.include_router(metrics_router(settings.metrics_token, exposition))
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_json() -> dict[str, Any]:
@@ -152,8 +165,14 @@ def create_app(
             store=svc.blocklist,
             usage=svc.usage,
             verify_key=svc.authenticator.account_of,
+            served_paths=[METRICS] if settings.metrics_token is not None else [],
+            probe_paths=PROBE_PATHS,
         )
-    app.add_middleware(EdgeMiddleware, guard_body=not settings.firewall_enabled)
+    app.add_middleware(
+        EdgeMiddleware,
+        guard_body=not settings.firewall_enabled,
+        request_metrics=RequestMetrics(UNCOUNTED_PATHS) if settings.metrics_token is not None else None,
+    )
     if settings.trusted_proxies:
         # Outermost: the forwarded client address is in place before anything reads it.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

@@ -26,6 +26,12 @@ holds only requests without a working key: a key this process has not seen work 
 looked up (``verify_key``) and, if it works, judged as itself, so one abuser behind a
 NAT cannot lock out every tenant behind it.
 
+Outside the document, the app's own pages (the document, ``/docs``, stored files, and
+the ``/metrics`` scrape when it is on) are passed through after the blocks, as they are;
+the orchestrator's probes (``/healthz``, ``/readyz``) are passed through before anything,
+blocks included: a load balancer probing from an address an abuser shares must still get
+the truth, and a probe is never counted as a rejection.
+
 Not checked here, on purpose: the model-specific rules of a generation body (the
 generation service owns them) and headers the document does not declare (clients
 send many, e.g. ``User-Agent``).
@@ -159,6 +165,7 @@ class Operation:
     headers: dict[bytes, Param]  # by lower-case name
     required_headers: tuple[bytes, ...]
     body: BodyRule | None
+    operation_id: str | None = None  # the request metrics' label of a request refused here
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +282,7 @@ def compile_rules(doc: dict[str, Any], route_paths: Iterable[str] = ()) -> Rules
                 headers=headers,
                 required_headers=tuple(n for n, p in headers.items() if p.required),
                 body=_body(op.get("requestBody"), doc),
+                operation_id=op.get("operationId"),
             )
         if "{" in path:
             regex, _, _ = compile_path(converters.get(path, path))
@@ -452,8 +460,14 @@ class FirewallMiddleware:
         store: FirewallStore,
         usage: UsageRecorder | None = None,
         verify_key: KeyVerifier | None = None,
+        served_paths: Iterable[str] = (),
+        probe_paths: Iterable[str] = (),
     ) -> None:
+        """``served_paths``: more of the app's own GET paths outside the document (passed after
+        the blocks); ``probe_paths``: GET paths passed before anything (the orchestrator's)."""
         self.app = app
+        self.whitelist = WHITELIST_PATHS | frozenset(served_paths) | frozenset(probe_paths)
+        self.probes = frozenset(probe_paths)
         self.verify_key = verify_key
         self.rules = rules
         self.store = store
@@ -465,7 +479,7 @@ class FirewallMiddleware:
         self.max_depth = settings.firewall_max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope["path"] in self.probes and scope["method"] == "GET"):
             await self.app(scope, receive, send)
             return
         state: dict[str, Any] = scope.setdefault("state", {})
@@ -567,7 +581,7 @@ class FirewallMiddleware:
                 raise Rejection(ApiError("bse_payload_too_large"), "body_too_large")
 
         method: str = scope["method"]
-        if path in WHITELIST_PATHS or path.startswith(WHITELIST_PREFIXES):
+        if path in self.whitelist or path.startswith(WHITELIST_PREFIXES):
             if method in WHITELIST_METHODS:
                 return receive
         found = self.rules.match(path)
@@ -634,6 +648,8 @@ class FirewallMiddleware:
         ip: str,
     ) -> None:
         err = rejection.error
+        if rejection.operation is not None:
+            state["operation_id"] = rejection.operation.operation_id
         log.warning(
             "firewall_rejected",
             request_id=state.get("request_id"),

@@ -1,11 +1,13 @@
 """The outermost layer: request ids, rate-limit headers, usage counting and the key's request
-sequence (anomaly detection, :mod:`genplane.usage.sequences`), and a last-resort
+sequence (anomaly detection, :mod:`genplane.usage.sequences`), the request metrics (when
+``/metrics`` is on: :mod:`genplane.api.request_metrics`), and a last-resort
 500 in the contract's shape for anything no handler caught. With the firewall off it also
 guards the body size by Content-Length (the firewall does that, and more, when on)."""
 
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 from typing import Any
 
 import structlog
@@ -18,6 +20,7 @@ from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
 from genplane.api.prefer_wait import extra_seconds
 from genplane.api.repeated_headers import first_repeated, repeated_header_error
+from genplane.api.request_metrics import RequestMetrics
 from genplane.api.services import Services
 from genplane.contract.envelope import new_request_id
 from genplane.contract.errors import ApiError
@@ -28,14 +31,19 @@ log = structlog.get_logger("genplane.api")
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, guard_body: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, guard_body: bool = True, request_metrics: RequestMetrics | None = None
+    ) -> None:
         self.app = app
         self.guard_body = guard_body
+        self.request_metrics = request_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_metrics = self.request_metrics
+        arrived = perf_counter() if request_metrics is not None else 0.0
         state: dict[str, Any] = scope.setdefault("state", {})
         request_id = new_request_id()
         state["request_id"] = request_id
@@ -128,6 +136,8 @@ class EdgeMiddleware:
         finally:
             auth = state.get("auth")
             route = scope.get("route")
+            if request_metrics is not None:
+                request_metrics.observe(route, state.get("operation_id"), status, perf_counter() - arrived)
             if auth is not None and route is not None:
                 method: str = scope["method"]
                 path = str(getattr(route, "path", scope.get("path"))).replace(":path}", "}")

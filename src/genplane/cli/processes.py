@@ -5,6 +5,8 @@ Redis, storage) with the API processes; it needs no port. ``genplane serve --wor
 binds the listening socket once and starts N ``genplane serve --fd`` children on it, so the
 kernel spreads connections over them; the parent only supervises: a child that dies is
 started again, and SIGTERM or SIGINT is passed on to every child, which drains and exits.
+The children share a metrics directory (:mod:`genplane.metrics.multiprocess_dir`), so the
+``/metrics`` of whichever child answers a scrape counts the requests of all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import sys
 import structlog
 
 from genplane.db.migrate import upgrade
+from genplane.metrics.exposition import multiprocess_directory
+from genplane.metrics.multiprocess_dir import ChildMetricsDirectory
 from genplane.settings import Settings
 
 log = structlog.get_logger("genplane.processes")
@@ -42,6 +46,7 @@ async def run_worker(settings: Settings) -> None:
     from genplane.api.app import build_services  # the one place services are assembled
 
     upgrade(settings.resolved_database_url)
+    multiprocess_directory()  # a PROMETHEUS_MULTIPROC_DIR that is no directory fails now
     services = build_services(settings)
     stop = _stop_event()
     await services.start(api=False, worker=True)
@@ -65,9 +70,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _spawn(fd: int) -> asyncio.subprocess.Process:
+async def _spawn(fd: int, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "genplane", "serve", "--fd", str(fd), pass_fds=(fd,)
+        sys.executable, "-m", "genplane", "serve", "--fd", str(fd), pass_fds=(fd,), env=env
     )
 
 
@@ -79,23 +84,26 @@ async def supervise(processes: int, sock: socket.socket, settings: Settings) -> 
     stop = _stop_event()
     loop = asyncio.get_running_loop()
     children: dict[asyncio.Task[int], tuple[asyncio.subprocess.Process, float]] = {}
+    metrics_dir = ChildMetricsDirectory()
+    env = metrics_dir.child_env()
 
     async def start_one() -> None:
-        child = await _spawn(fd)
+        child = await _spawn(fd, env)
         children[asyncio.create_task(child.wait())] = (child, loop.time())
         log.info("api_process_started", pid=child.pid)
 
     name = sock.getsockname()
     log.info("listening", host=name[0], port=name[1], processes=processes)
-    for _ in range(processes):
-        await start_one()
     stopping = asyncio.create_task(stop.wait())
     try:
+        for _ in range(processes):
+            await start_one()
         while not stop.is_set():
             done, _ = await asyncio.wait({*children, stopping}, return_when=asyncio.FIRST_COMPLETED)
             for task in done - {stopping}:
                 child, started = children.pop(task)
                 log.error("api_process_exited", pid=child.pid, status=task.result())
+                metrics_dir.process_exited(child.pid)
                 if loop.time() - started < RESTART_PAUSE_SECONDS:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stopping), RESTART_PAUSE_SECONDS)
@@ -115,6 +123,9 @@ async def supervise(processes: int, sock: socket.socket, settings: Settings) -> 
                 with contextlib.suppress(ProcessLookupError):
                     child.kill()
             await asyncio.gather(*children, return_exceptions=True)
+        for child, _ in children.values():
+            metrics_dir.process_exited(child.pid)
+        metrics_dir.close()
     log.info("api_processes_stopped")
     return 0
 

@@ -22,6 +22,7 @@ from genplane.credits.alerts import check_low_balance
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, LedgerEntry
+from genplane.metrics import domain as metrics
 
 _ACCOUNT = cast(Table, Account.__table__)
 _LEDGER = cast(Table, LedgerEntry.__table__)
@@ -110,6 +111,7 @@ async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: 
             details={"required": to_credits(millis), "balance": to_credits(current or 0)},
         )
     await _entry(s, account_id, generation_id, "reserve", millis, balance)
+    metrics.credits_moved(s, "reserve", millis)
     await check_low_balance(s, account_id, int(balance), fell=True)
     return int(balance)
 
@@ -122,6 +124,7 @@ async def settle(
     Only :func:`genplane.generations.lifecycle` calls this, after flipping the generation's
     ``credits_settled`` flag: the flag makes a settlement happen once, this writes its money.
     """
+    metrics.credits_moved(s, kind, amount)
     if kind == "charge":
         # The reservation already took the money: the entry records the balance as it stands,
         # read by its own insert.

@@ -78,6 +78,8 @@ class Generation(Base):
         # The list's order (created_at DESC, id DESC) in full, so a page is an index range.
         Index("ix_generations_account_created_id", "account_id", "created_at", "id"),
         Index("ix_generations_status_lease", "status", "lease_expires_at"),
+        # The queue gauges at scrape time: pending rows counted, and the oldest, by index alone.
+        Index("ix_generations_status_created", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

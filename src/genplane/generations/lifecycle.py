@@ -25,6 +25,7 @@ from genplane.db.models import Account, Generation
 from genplane.generations.record import event_data
 from genplane.generations.request import GenerationRequest
 from genplane.ids import new_id
+from genplane.metrics import domain as metrics
 from genplane.webhooks.outbox import emit, has_endpoints
 
 ACTIVE = (GenerationStatus.PENDING, GenerationStatus.PROCESSING)
@@ -284,6 +285,7 @@ async def succeed(
         return False
     await s.execute(_LANDED, {"aid": gen.account_id})
     await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, "charge")  # flipped above
+    metrics.generation_ended(s, gen.model_identifier, provider_used, GenerationStatus.SUCCEEDED)
     await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
     return True
 
@@ -306,6 +308,8 @@ async def fail(
         return False
     await s.execute(_LANDED, {"aid": gen.account_id})
     refunded = await _settle(s, gen, "refund")
+    last_tried = provider_errors[-1].get("provider") if provider_errors else None
+    metrics.generation_ended(s, gen.model_identifier, last_tried, GenerationStatus.FAILED)
     await _emit_terminal(s, gen.id, "generation.failed", refunded, ended=ended)
     return True
 
@@ -325,6 +329,8 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
         raise ApiError("bse_generation_not_cancelable")
     await s.execute(_LANDED, {"aid": gen.account_id})
     refunded = await _settle(s, gen, "refund")
+    running = (gen.provider_state or {}).get("provider")
+    metrics.generation_ended(s, gen.model_identifier, running, GenerationStatus.CANCELED)
     await _emit_terminal(s, gen.id, "generation.canceled", refunded)
     await events.announce(s, events.CANCELS, gen.id)  # the worker running it, in any process, stops
     return gen, refunded

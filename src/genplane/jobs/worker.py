@@ -36,6 +36,7 @@ from genplane.ids import new_id
 from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
 from genplane.jobs.fetch import FileFetcher
 from genplane.jobs.janitor import Janitor
+from genplane.metrics import domain as metrics
 from genplane.providers.base import ProviderAdapter, ProviderOutput
 from genplane.settings import Settings
 from genplane.storage.store import FileStore, StorageError, StoredFile
@@ -287,6 +288,7 @@ class Worker:
     ) -> None:
         # A canceled prediction ran upstream for a while: count it as wasted spend.
         cost = gen.cost_millis if outcome == AttemptOutcome.CANCELED else 0
+        metrics.provider_attempt_ended(provider_id, outcome, started)
         async with self.db.write() as s:
             repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
 
@@ -336,6 +338,9 @@ class Worker:
                 success.started_at,
                 cost_millis=gen.cost_millis,  # paid upstream either way; wasted when discarded
             )
+        metrics.provider_attempt_ended(
+            provider_id, AttemptOutcome.USED if won else AttemptOutcome.DISCARDED, success.started_at
+        )
         await self.waiters.notify(gen.id)
         if not won:
             # Canceled (or taken over) while the provider worked: the files belong to nobody,
