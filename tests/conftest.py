@@ -127,10 +127,31 @@ class Harness:
         return Caller(self.client, caller.account_id, issued.key, issued.record.id)
 
 
+#: ``GENPLANE_TEST_CONFIG=scaled``: every app a test starts runs on PostgreSQL and Redis (a
+#: scratch database and a key prefix of the test's own, shared by the apps of one test, as the
+#: processes of one deployment share them); ``make test`` runs the lifecycle, credits,
+#: idempotency, webhook, firewall and rate-limit tests this way too.
+SCALED = os.environ.get("GENPLANE_TEST_CONFIG") == "scaled"
+
+
 @pytest.fixture
-def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+async def configuration(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """Settings every app of the test shares: none embedded; PostgreSQL and Redis when scaled."""
+    if not SCALED:
+        yield {}
+        return
+    if not PG_URL:
+        pytest.fail("GENPLANE_TEST_CONFIG=scaled needs GENPLANE_TEST_POSTGRES_URL")
+    redis = request.getfixturevalue("redis_url")
+    async with scratch_postgres() as url:
+        yield {"database_url": url, "redis_url": redis, "redis_prefix": f"test-{uuid.uuid4().hex}:"}
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, configuration: dict[str, Any]) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
-        return make_settings(tmp_path / "data", **overrides)
+        values = {**configuration, **overrides}
+        return make_settings(values.pop("data_dir", tmp_path / "data"), **values)
 
     return factory
 

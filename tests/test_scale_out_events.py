@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from genplane.db.engine import Database
 from genplane.db.migrate import upgrade
 from genplane.settings import Settings
 from tests.conftest import Caller, Harness
+from tests.test_credits import IMAGE_PRICE, balance, credits_str
 
 pytestmark = pytest.mark.usefixtures("postgres_only")
 
@@ -172,3 +174,17 @@ async def test_processes_starting_together_migrate_once(
     ]
     outcomes = [(await p.wait(), (await p.stderr.read()).decode()[-500:]) for p in procs if p.stderr]
     assert [o for o in outcomes if o[0] != 0] == []
+
+
+async def test_200_concurrent_reservations_over_two_processes_never_overdraw(
+    harness_factory: Callable[..., Any], database: dict[str, Any]
+) -> None:
+    a, b = await apis(harness_factory, database, max_inflight_generations=1000)
+    affordable, remainder = 37, IMAGE_PRICE - 1
+    caller = await a.caller(credits=credits_str(affordable * IMAGE_PRICE + remainder))
+    responses = await asyncio.gather(*(on(h, caller).create_image() for h in (a, b) * 100))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: affordable, 402: 200 - affordable}, statuses
+    assert await balance(caller) == remainder
+    served_by = {i % 2 for i, r in enumerate(responses) if r.status_code == 200}
+    assert served_by == {0, 1}, "both processes admitted some"

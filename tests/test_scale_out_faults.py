@@ -1,11 +1,11 @@
-"""Scaled out under faults: 2 API processes and 3 workers on PostgreSQL and Redis.
+"""Scaled out under faults: 2 API processes and 3 workers on PostgreSQL, Redis and S3 (moto).
 
 2,000 generations go round-robin over both API processes, half of them for an account with
 a webhook endpoint, while one worker is killed with SIGKILL and one API process is
 restarted. A client retries a create cut short with the same Idempotency-Key, as any client
 should. Afterwards every generation is terminal, charged or refunded exactly once, the
-ledger adds up to the balance, stored files are exactly those the records list, and every
-webhook event reached the receiver under its one delivery id.
+ledger adds up to the balance, stored objects are exactly those the records list, and
+every webhook event reached the receiver under its one delivery id.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from genplane.jobs.fetch import FileFetcher
 from genplane.settings import Settings
 from genplane.webhooks.endpoints import add_endpoint
 from tests.serve_process import BIN, Server, stop_process
+from tests.test_storage_s3 import bucket_keys
 from tests.test_webhooks_crash import WEBHOOK_ENV
 from tests.webhook_receiver import Receiver
 
@@ -126,10 +127,19 @@ async def wait_all_terminal(dsn: str, timeout: float = 240) -> None:
 
 
 def test_two_apis_and_three_workers_lose_nothing_when_a_worker_dies_and_an_api_restarts(
-    tmp_path: Path, database_url: str, redis_url: str, receiver: Receiver
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+    receiver: Receiver,
+    s3_settings: dict[str, Any],
+    moto_endpoint: str,
+    s3_bucket: str,
 ) -> None:
-    data_dir = tmp_path / "data"  # files and nothing else: the database is PostgreSQL
+    data_dir = tmp_path / "data"  # nothing shared lives here: PostgreSQL, Redis and S3 hold it all
     shared = {
+        "GENPLANE_STORAGE_URL": s3_settings["storage_url"],
+        "GENPLANE_S3_ENDPOINT_URL": s3_settings["s3_endpoint_url"],
+        "GENPLANE_S3_REGION": s3_settings["s3_region"],
         "GENPLANE_DATABASE_URL": database_url,
         "GENPLANE_REDIS_URL": redis_url,
         "GENPLANE_REDIS_PREFIX": f"faults-{uuid.uuid4().hex}:",
@@ -167,8 +177,10 @@ def test_two_apis_and_three_workers_lose_nothing_when_a_worker_dies_and_an_api_r
         dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
         asyncio.run(wait_all_terminal(dsn))
         checks = asyncio.run(audit(dsn, ids, hooked, plain))
-        files = {p.relative_to(data_dir / "files").as_posix() for p in (data_dir / "files").rglob("*.*")}
-        assert files == checks["listed_files"], "stored files differ from the records' outputs"
+        stored = asyncio.run(bucket_keys(moto_endpoint, s3_bucket, prefix="outputs"))
+        files = {key.removeprefix("outputs/") for key in stored}
+        assert files == checks["listed_files"], "stored objects differ from the records' outputs"
+        assert not (data_dir / "files").exists() or not any((data_dir / "files").rglob("*.*"))
         expected_events = checks["events"]
         wait_hooks(receiver, expected_events)
     finally:

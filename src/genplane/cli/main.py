@@ -19,6 +19,7 @@ from genplane.cli.common import console
 from genplane.cli.common import fail as _fail
 from genplane.cli.common import id_column as _id_column
 from genplane.cli.common import run as _run
+from genplane.cli.database import db_app
 from genplane.cli.webhooks import webhooks_app
 from genplane.clock import as_utc, iso, utcnow
 from genplane.credits import alerts
@@ -36,6 +37,7 @@ app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(db_app, name="db")
 
 
 def parse_expiry(value: str | None) -> datetime | None:

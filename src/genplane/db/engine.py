@@ -166,7 +166,7 @@ class Database:
             # A fixed pool: each process holds at most ``pool_size`` connections (and the listener's
             # one), so processes x (pool_size + 1) can be sized below the server's max_connections.
             self.write_engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=0, pool_timeout=60, pool_pre_ping=True
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=60
             )
             self.read_engine = self.statement_engine = self.write_engine
         self._writes = async_sessionmaker(self.write_engine, expire_on_commit=False)
