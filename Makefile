@@ -34,8 +34,18 @@ lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 
+# The tests run again with every app on PostgreSQL + Redis (GENPLANE_TEST_CONFIG=scaled).
+SCALED_TESTS = tests/test_generations.py tests/test_credits.py tests/test_idempotency.py \
+	tests/test_webhooks.py tests/test_firewall.py tests/test_rate_limits.py tests/test_worker_path.py \
+	tests/test_crash_recovery.py tests/test_prefer_wait.py tests/test_generation_counts.py
+
 test: install lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile
+ifeq ($(PG_UP),1)
+	GENPLANE_TEST_CONFIG=scaled $(BIN)/python -m pytest -n 2 --dist loadfile $(SCALED_TESTS)
+else
+	@echo "PostgreSQL does not answer on 127.0.0.1:5432: the scaled configuration's pass is not run"
+endif
 
 openapi: install
 	$(BIN)/genplane openapi > openapi.yaml

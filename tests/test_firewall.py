@@ -555,7 +555,9 @@ async def test_content_length_and_header_limits(harness: Harness, caller: Caller
 async def test_a_thousand_undeclared_paths_block_the_ip_until_the_cool_down(
     harness_factory: Callable[..., Any],
 ) -> None:
-    h: Harness = await harness_factory(client_host="203.0.113.7")  # default thresholds: 100 / 60 s / 300 s
+    # Default thresholds: 100 / 60 s / 300 s. The in-memory store (the test moves its clock),
+    # in either test configuration.
+    h: Harness = await harness_factory(client_host="203.0.113.7", redis_url="")
     clock = frozen_clock(h)
     owner = await h.caller()
     elsewhere = client_from(h, "198.51.100.9")
@@ -605,7 +607,7 @@ async def test_a_thousand_undeclared_paths_block_the_ip_until_the_cool_down(
 async def test_a_keys_rejections_block_that_key_not_another_key_of_the_same_ip(
     harness_factory: Callable[..., Any],
 ) -> None:
-    h: Harness = await harness_factory(firewall_max_rejections=5)
+    h: Harness = await harness_factory(firewall_max_rejections=5, redis_url="")  # its clock moves below
     clock = frozen_clock(h)
     a = await h.caller()
     b = await h.key_for(a, preset="full_access")

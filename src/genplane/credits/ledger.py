@@ -11,7 +11,7 @@ and a unique index on (generation_id, kind) backs that up in the database.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import cast
 
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -98,45 +98,52 @@ async def add_credits(db: Database, account_id: str, millis: int, note: str | No
         return int(balance)
 
 
+def insufficient(millis: int, balance: int) -> ApiError:
+    """The refusal of a reservation of ``millis`` against ``balance``."""
+    return ApiError(
+        "bse_insufficient_credits",
+        f"This request costs {to_credits(millis):.3f} credits; the balance is {to_credits(balance):.3f}.",
+        details={"required": to_credits(millis), "balance": to_credits(balance)},
+    )
+
+
 async def reserve(s: AsyncSession, account_id: str, generation_id: str, millis: int) -> int:
     """Take ``millis`` from the balance inside the caller's transaction, or refuse."""
     params = {"account_id": account_id, "amount": millis, "now": utcnow()}
     balance = (await s.execute(_DEBIT, params)).scalar_one_or_none()
     if balance is None:
-        current = await s.scalar(_BALANCE, {"account_id": account_id})
-        raise ApiError(
-            "bse_insufficient_credits",
-            f"This request costs {to_credits(millis):.3f} credits; "
-            f"the balance is {to_credits(current or 0):.3f}.",
-            details={"required": to_credits(millis), "balance": to_credits(current or 0)},
-        )
-    await _entry(s, account_id, generation_id, "reserve", millis, balance)
-    metrics.credits_moved(s, "reserve", millis)
-    await check_low_balance(s, account_id, int(balance), fell=True)
+        raise insufficient(millis, int(await s.scalar(_BALANCE, {"account_id": account_id}) or 0))
+    await reserved(s, account_id, generation_id, millis, int(balance))
     return int(balance)
 
 
-async def settle(
-    s: AsyncSession, account_id: str, generation_id: str, amount: int, kind: Literal["charge", "refund"]
-) -> None:
-    """Write a generation's charge or refund, inside the transaction that won the settlement.
+async def reserved(s: AsyncSession, account_id: str, generation_id: str, millis: int, balance: int) -> None:
+    """Record a reservation whose debit the caller's own statement made, leaving ``balance``
+    (generation admission debits in the statement that admits: one lock of the account row)."""
+    await _entry(s, account_id, generation_id, "reserve", millis, balance)
+    metrics.credits_moved(s, "reserve", millis)
+    await check_low_balance(s, account_id, balance, fell=True)
 
-    Only :func:`genplane.generations.lifecycle` calls this, after flipping the generation's
-    ``credits_settled`` flag: the flag makes a settlement happen once, this writes its money.
-    """
-    metrics.credits_moved(s, kind, amount)
-    if kind == "charge":
-        # The reservation already took the money: the entry records the balance as it stands,
-        # read by its own insert.
-        params = {"acct": account_id, "gen": generation_id, "entry_kind": kind, "amount": amount,
-                  "now": utcnow()}
-        await s.execute(_INSERT_AT_BALANCE, params)
-        return
-    balance = await _credit(s, account_id, amount) if amount else None
-    if balance is None:  # nothing to give back (or no such account): the balance as it stands
-        balance = int(await s.scalar(_BALANCE, {"account_id": account_id}) or 0)
-    await _entry(s, account_id, generation_id, kind, amount, balance)
+
+async def refunded(s: AsyncSession, account_id: str, generation_id: str, millis: int, balance: int) -> None:
+    """Record a refund whose credit the caller's own statement made, leaving ``balance``."""
+    await _entry(s, account_id, generation_id, "refund", millis, balance)
+    metrics.credits_moved(s, "refund", millis)
     await check_low_balance(s, account_id, balance, fell=False)
+
+
+async def charged(s: AsyncSession, account_id: str, generation_id: str, amount: int) -> None:
+    """Write a generation's charge, inside the transaction that won its settlement.
+
+    The reservation already took the money: the entry records the balance as it stands, read
+    by its own insert, so a charge takes no lock of the account row. Only
+    :func:`genplane.generations.lifecycle` calls this (and :func:`refunded`), after flipping
+    the generation's ``credits_settled`` flag: the flag makes a settlement happen once.
+    """
+    metrics.credits_moved(s, "charge", amount)
+    params = {"acct": account_id, "gen": generation_id, "entry_kind": "charge", "amount": amount,
+              "now": utcnow()}
+    await s.execute(_INSERT_AT_BALANCE, params)
 
 
 async def balance_millis(db: Database, account_id: str) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from sqlalchemy import JSON, Row, Table, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -66,13 +66,25 @@ def new_generation(
 
 
 _ACCOUNTS = cast(Table, Account.__table__)
+#: Admits and reserves in one statement: below the in-flight cap and with the balance to pay,
+#: or not at all. It is the create's only write of the account row, and its last statement.
 _ADMIT = (
     update(_ACCOUNTS)
-    .where(_ACCOUNTS.c.id == bindparam("aid"), _ACCOUNTS.c.generations_in_flight < bindparam("cap"))
+    .where(
+        _ACCOUNTS.c.id == bindparam("aid"),
+        _ACCOUNTS.c.generations_in_flight < bindparam("cap"),
+        _ACCOUNTS.c.balance_millis >= bindparam("cost"),
+    )
     .values(
         generations_in_flight=_ACCOUNTS.c.generations_in_flight + 1,
         generations_total=_ACCOUNTS.c.generations_total + 1,
+        balance_millis=_ACCOUNTS.c.balance_millis - bindparam("cost"),
+        updated_at=bindparam("now"),
     )
+    .returning(_ACCOUNTS.c.balance_millis)
+)
+_ADMISSION_STATE = select(_ACCOUNTS.c.generations_in_flight, _ACCOUNTS.c.balance_millis).where(
+    _ACCOUNTS.c.id == bindparam("aid")
 )
 #: Run by the transaction whose UPDATE ended the generation, so it lowers the count once.
 _LANDED = (
@@ -80,27 +92,66 @@ _LANDED = (
     .where(_ACCOUNTS.c.id == bindparam("aid"))
     .values(generations_in_flight=_ACCOUNTS.c.generations_in_flight - 1)
 )
+#: The same, giving the reservation back in the same statement (failed, canceled).
+_LANDED_REFUNDED = (
+    update(_ACCOUNTS)
+    .where(_ACCOUNTS.c.id == bindparam("aid"))
+    .values(
+        generations_in_flight=_ACCOUNTS.c.generations_in_flight - 1,
+        balance_millis=_ACCOUNTS.c.balance_millis + bindparam("amount"),
+        updated_at=bindparam("now"),
+    )
+    .returning(_ACCOUNTS.c.balance_millis)
+)
 
 
 async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
-    """Record a new generation and reserve its cost, unless the account is at its in-flight cap.
+    """Record a new generation and reserve its cost, unless the account is at its in-flight cap
+    or cannot pay.
 
-    One conditional UPDATE of the account's counters admits: it moves only below the cap, and
-    the row lock it takes orders concurrent admits of one account on PostgreSQL as SQLite's
-    single writer does, so the cap holds without counting the account's rows.
+    One conditional UPDATE of the account row admits and debits: it moves only below the cap
+    and above the cost, and its row lock orders concurrent admits of one account on PostgreSQL
+    as SQLite's single writer does, so neither the cap nor the balance is ever overrun. The
+    generation's row and its notification are written before it: the lock is then held for the
+    ledger entry and the commit only, not the whole create (holding it longer serialised an
+    account's creates and completions across processes: bench/scale.py).
     """
-    admitted = await s.execute(_ADMIT, {"aid": gen.account_id, "cap": max_inflight})
-    if not admitted.rowcount:  # type: ignore[attr-defined]
-        inflight = await s.scalar(select(Account.generations_in_flight).where(Account.id == gen.account_id))
-        raise ApiError(
-            "bse_concurrency_limit_exceeded",
-            f"{inflight or 0} generations are in flight; the limit is {max_inflight}.",
-            details={"limit": max_inflight, "retry_after_seconds": 1},
-            headers={"Retry-After": "1"},
-        )
     s.add(gen)
-    await ledger.reserve(s, gen.account_id, gen.id, gen.cost_millis)
+    await s.flush()
     await events.announce(s, events.JOBS, gen.id)  # wakes a worker of any process at commit
+    params = {"aid": gen.account_id, "cap": max_inflight, "cost": gen.cost_millis, "now": utcnow()}
+    for _ in range(3):
+        balance = (await s.execute(_ADMIT, params)).scalar_one_or_none()
+        if balance is not None:
+            await ledger.reserved(s, gen.account_id, gen.id, gen.cost_millis, int(balance))
+            return
+        state = (await s.execute(_ADMISSION_STATE, {"aid": gen.account_id})).one()
+        if state.generations_in_flight >= max_inflight:
+            raise _at_cap(state.generations_in_flight, max_inflight)
+        if state.balance_millis < gen.cost_millis:
+            raise ledger.insufficient(gen.cost_millis, int(state.balance_millis))
+        # Both allowed by the time we looked (a generation landed meanwhile): try again.
+    raise _at_cap(max_inflight, max_inflight)
+
+
+def _at_cap(inflight: int, cap: int) -> ApiError:
+    return ApiError(
+        "bse_concurrency_limit_exceeded",
+        f"{inflight} generations are in flight; the limit is {cap}.",
+        details={"limit": cap, "retry_after_seconds": 1},
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _landed(s: AsyncSession, gen: Generation, refund: bool) -> None:
+    """Lower the account's in-flight count, and give the reservation back when ``refund``:
+    one statement, the ending transaction's only write of the account row and its last."""
+    if not refund:
+        await s.execute(_LANDED, {"aid": gen.account_id})
+        return
+    params = {"aid": gen.account_id, "amount": gen.cost_millis, "now": utcnow()}
+    balance = (await s.execute(_LANDED_REFUNDED, params)).scalar_one()
+    await ledger.refunded(s, gen.account_id, gen.id, gen.cost_millis, int(balance))
 
 
 # The worker's hot statements, built once: a job is claimed and ended with one UPDATE each,
@@ -283,10 +334,10 @@ async def succeed(
     ended = (await s.execute(_SUCCEED, params)).first()
     if ended is None:
         return False
-    await s.execute(_LANDED, {"aid": gen.account_id})
-    await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, "charge")  # flipped above
+    await ledger.charged(s, gen.account_id, gen.id, gen.cost_millis)  # settled flag flipped above
     metrics.generation_ended(s, gen.model_identifier, provider_used, GenerationStatus.SUCCEEDED)
     await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
+    await _landed(s, gen, refund=False)
     return True
 
 
@@ -306,11 +357,11 @@ async def fail(
     ended = (await s.execute(_FAIL, params)).first()
     if ended is None:
         return False
-    await s.execute(_LANDED, {"aid": gen.account_id})
-    refunded = await _settle(s, gen, "refund")
+    refunded = await _settles(s, gen)
     last_tried = provider_errors[-1].get("provider") if provider_errors else None
     metrics.generation_ended(s, gen.model_identifier, last_tried, GenerationStatus.FAILED)
     await _emit_terminal(s, gen.id, "generation.failed", refunded, ended=ended)
+    await _landed(s, gen, refund=refunded)
     return True
 
 
@@ -327,12 +378,12 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
         )
     if not await _finish(s, gen, GenerationStatus.CANCELED):  # ended between our read and our update
         raise ApiError("bse_generation_not_cancelable")
-    await s.execute(_LANDED, {"aid": gen.account_id})
-    refunded = await _settle(s, gen, "refund")
+    refunded = await _settles(s, gen)
     running = (gen.provider_state or {}).get("provider")
     metrics.generation_ended(s, gen.model_identifier, running, GenerationStatus.CANCELED)
     await _emit_terminal(s, gen.id, "generation.canceled", refunded)
     await events.announce(s, events.CANCELS, gen.id)  # the worker running it, in any process, stops
+    await _landed(s, gen, refund=refunded)
     return gen, refunded
 
 
@@ -378,13 +429,11 @@ async def _finish(
     return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
-async def _settle(s: AsyncSession, gen: Generation, kind: Literal["charge", "refund"]) -> bool:
-    """Charge or refund the reservation once: only the transaction that flips the flag writes money."""
+async def _settles(s: AsyncSession, gen: Generation) -> bool:
+    """Whether this transaction settles the generation's money: only the one that flips the
+    flag does, so a reservation is refunded (or charged) once whatever retries or races."""
     flipped = await s.execute(_SETTLE, {"gid": gen.id})
-    if not flipped.rowcount:  # type: ignore[attr-defined]
-        return False
-    await ledger.settle(s, gen.account_id, gen.id, gen.cost_millis, kind)
-    return True
+    return bool(flipped.rowcount)  # type: ignore[attr-defined]
 
 
 async def _emit_terminal(

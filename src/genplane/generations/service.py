@@ -129,9 +129,9 @@ class GenerationService:
         }
         body = dumps(success_body(request_id, data, "Generation initialized"))
         async with self.db.write() as s:
-            await lifecycle.admit(s, gen, self.settings.max_inflight_for(auth.plan))
-            if idempotency_key is not None:
+            if idempotency_key is not None:  # before the admission, which locks the account row
                 await idempotency.complete(s, auth.account_id, idempotency_key, 200, body)
+            await lifecycle.admit(s, gen, self.settings.max_inflight_for(auth.plan))
         return gen, body
 
     async def route(self, req: GenerationRequest) -> list[str]:
