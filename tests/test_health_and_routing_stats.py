@@ -7,7 +7,6 @@ and that no statement it issues scans ``provider_attempts``.
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import uuid
@@ -36,11 +35,11 @@ from genplane.providers.stats import (
     account_counts,
     recent_stats,
 )
-from tests.conftest import Caller, Harness
+from tests import postgres
+from tests.conftest import BACKENDS, Caller, Harness
 
 USED, FAILED = AttemptOutcome.USED, AttemptOutcome.FAILED
 CANCELED, DISCARDED = AttemptOutcome.CANCELED, AttemptOutcome.DISCARDED
-PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
 
 MODEL = ModelEntry.model_validate(
     {
@@ -199,13 +198,15 @@ async def sqlite_session(tmp_path: Path) -> AsyncIterator[AsyncSession]:
 @pytest.fixture
 async def pg_session() -> AsyncIterator[AsyncSession]:
     """A session on a schema of its own, so parallel runs and other tests never meet."""
-    if not PG_URL:
-        pytest.skip("GENPLANE_TEST_POSTGRES_URL is not set")
+    if not postgres.AVAILABLE:
+        pytest.skip("no PostgreSQL")
     schema = f"stats_{uuid.uuid4().hex[:12]}"
-    admin = create_async_engine(PG_URL)
+    admin = create_async_engine(postgres.server_url())
     async with admin.begin() as conn:
         await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine = create_async_engine(PG_URL, connect_args={"server_settings": {"search_path": schema}})
+    engine = create_async_engine(
+        postgres.server_url(), connect_args={"server_settings": {"search_path": schema}}
+    )
     try:
         async with engine.begin() as conn:
             await conn.run_sync(lambda sync: ProviderAttempt.__table__.create(sync))
@@ -218,7 +219,6 @@ async def pg_session() -> AsyncIterator[AsyncSession]:
         await admin.dispose()
 
 
-BACKENDS = ["sqlite", pytest.param("pg", marks=pytest.mark.skipif(not PG_URL, reason="no PostgreSQL"))]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import uuid
 from pathlib import Path
@@ -17,8 +16,7 @@ from sqlalchemy import create_engine
 
 from genplane.db.migrate import alembic_config, upgrade
 from genplane.db.models import Base
-
-PG_URL = os.environ.get("GENPLANE_TEST_POSTGRES_URL")
+from tests import postgres
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:
@@ -158,14 +156,13 @@ def test_0006_and_0007_backfill_each_accounts_generation_counts(tmp_path: Path) 
     con.close()
 
 
-@pytest.mark.skipif(not PG_URL, reason="GENPLANE_TEST_POSTGRES_URL is not set")
+@pytest.mark.skipif(not postgres.AVAILABLE, reason="no PostgreSQL")
 def test_0006_and_0007_backfill_on_postgresql() -> None:
     import asyncpg
 
-    assert PG_URL is not None
-    dsn = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+    dsn = postgres.libpq(postgres.server_url())
     name = f"genplane_mig_{uuid.uuid4().hex[:12]}"
-    scratch_url = f"{PG_URL.rpartition('/')[0]}/{name}"
+    scratch_url = postgres.database_url(name)
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(dsn)
@@ -175,7 +172,7 @@ def test_0006_and_0007_backfill_on_postgresql() -> None:
             await conn.close()
 
     async def on_scratch(statements: list[str], query: str) -> dict[str, int]:
-        conn = await asyncpg.connect(f"{dsn.rpartition('/')[0]}/{name}")
+        conn = await asyncpg.connect(postgres.libpq(scratch_url))
         try:
             for sql in statements:
                 await conn.execute(sql)

@@ -105,6 +105,9 @@ class RedisFirewallStore:
         self._marked[subject] = (now, account_id)
 
     async def verified_account(self, subject: str) -> str | None:
+        seen = self._marked.get(subject)
+        if seen is not None and time.monotonic() - seen[0] < VERIFIED_REFRESH_SECONDS:
+            return seen[1]  # this process saw the key work lately: no round trip per request
         value = await self.redis.get(self.prefix + "verified:" + subject)
         if value is None:
             return None

@@ -168,7 +168,10 @@ class Database:
             self.write_engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=0, pool_timeout=60
             )
-            self.read_engine = self.statement_engine = self.write_engine
+            self.read_engine = self.write_engine
+            # One statement is its own snapshot here too: without BEGIN and ROLLBACK around it,
+            # a poll costs one round trip to the server instead of three.
+            self.statement_engine = self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
         self._writes = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None

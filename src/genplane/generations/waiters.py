@@ -6,12 +6,11 @@ N seconds have passed. Whoever commits a terminal transition (the worker after
 :meth:`GenerationWaiters.notify`; a waiter then reads the row again, because the row is
 the truth and a notification is only a hint (it may be late, lost or spurious).
 
-:class:`GenerationWaiters` is the interface. :class:`LocalGenerationWaiters` serves one
-process: it wakes requests waiting in the process that committed the transition. Once
-several processes serve the API, a Redis pub/sub implementation of the same protocol
-replaces it (``notify`` publishes on a per-generation channel, ``subscribe`` listens on
-it); until then a waiter in another process is woken by its periodic re-read of the row
-or by the end of its wait, never wrongly.
+:class:`GenerationWaiters` is the interface. :class:`LocalGenerationWaiters` serves each
+process: it wakes requests waiting in this process. Transitions committed by another
+process reach it on PostgreSQL as a notification sent by their commit
+(:mod:`genplane.db.events`, ``ENDED``), which calls :meth:`notify` here; a missed one is
+covered by the waiter's periodic re-read of the row or the end of its wait, never wrongly.
 """
 
 from __future__ import annotations
