@@ -246,7 +246,9 @@ async def _list_and_usage_statements(h: Harness, account_id: str) -> list[tuple[
     return selects
 
 
-async def test_sqlite_plans_use_indexes(harness: Harness, caller: Caller) -> None:
+async def test_sqlite_plans_use_indexes(harness_factory: Any) -> None:
+    harness: Harness = await harness_factory(database_url="")  # SQLite in either test configuration
+    caller = await harness.caller()
     await create(caller)
     selects = await _list_and_usage_statements(harness, caller.account_id)
     path = harness.services.settings.resolved_database_url.split("///", 1)[1]

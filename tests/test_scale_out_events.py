@@ -27,8 +27,6 @@ from genplane.settings import Settings
 from tests.conftest import Caller, Harness
 from tests.test_credits import IMAGE_PRICE, balance, credits_str
 
-pytestmark = pytest.mark.usefixtures("postgres_only")
-
 #: Longer than any wait below: only a notification can make these tests pass in time.
 NEVER = 300.0
 QUIET = {
@@ -40,9 +38,10 @@ QUIET = {
 
 
 @pytest.fixture
-def postgres_only(database: dict[str, Any]) -> None:
-    if not database:
-        pytest.skip("cross-process notifications are PostgreSQL's; SQLite runs one process")
+def database(database_url: str) -> dict[str, Any]:
+    """PostgreSQL only: these signals are PostgreSQL's (on SQLite genplane runs one process).
+    Asked for first by each test, so the database outlives the apps that use it."""
+    return {"database_url": database_url}
 
 
 @pytest.fixture
@@ -83,7 +82,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 async def test_a_job_created_through_one_process_is_run_by_a_worker_in_another(
-    harness_factory: Callable[..., Any], worker_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any], worker_factory: Callable[..., Any]
 ) -> None:
     a, b = await apis(harness_factory, database)
     worker = await worker_factory()
@@ -97,7 +96,7 @@ async def test_a_job_created_through_one_process_is_run_by_a_worker_in_another(
 
 
 async def test_prefer_wait_in_one_process_is_woken_by_a_worker_in_another(
-    harness_factory: Callable[..., Any], worker_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any], worker_factory: Callable[..., Any]
 ) -> None:
     a, b = await apis(harness_factory, database)
     await worker_factory(local_provider_delay_seconds=0.5)
@@ -111,7 +110,7 @@ async def test_prefer_wait_in_one_process_is_woken_by_a_worker_in_another(
 
 
 async def test_a_cancel_through_one_process_stops_the_job_in_a_worker_of_another(
-    harness_factory: Callable[..., Any], worker_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any], worker_factory: Callable[..., Any]
 ) -> None:
     a, b = await apis(harness_factory, database)
     worker = await worker_factory(local_provider_delay_seconds=NEVER)
@@ -127,7 +126,7 @@ async def test_a_cancel_through_one_process_stops_the_job_in_a_worker_of_another
 
 
 async def test_a_stopping_worker_hands_its_jobs_to_another_at_once(
-    harness_factory: Callable[..., Any], worker_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any], worker_factory: Callable[..., Any]
 ) -> None:
     [a, _] = await apis(harness_factory, database)
     first = await worker_factory(local_provider_delay_seconds=NEVER)
@@ -142,7 +141,7 @@ async def test_a_stopping_worker_hands_its_jobs_to_another_at_once(
 
 
 async def test_a_key_revoked_by_another_process_is_refused_at_once(
-    harness_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any]
 ) -> None:
     a, b = await apis(harness_factory, database)
     caller = await a.caller()
@@ -162,7 +161,7 @@ async def test_a_key_revoked_by_another_process_is_refused_at_once(
 
 
 async def test_processes_starting_together_migrate_once(
-    settings_factory: Callable[..., Settings], database: dict[str, Any]
+    database: dict[str, Any], settings_factory: Callable[..., Settings]
 ) -> None:
     url = settings_factory(**database).resolved_database_url
     migrate = "import sys; from genplane.db.migrate import upgrade; upgrade(sys.argv[1])"
@@ -177,7 +176,7 @@ async def test_processes_starting_together_migrate_once(
 
 
 async def test_200_concurrent_reservations_over_two_processes_never_overdraw(
-    harness_factory: Callable[..., Any], database: dict[str, Any]
+    database: dict[str, Any], harness_factory: Callable[..., Any]
 ) -> None:
     a, b = await apis(harness_factory, database, max_inflight_generations=1000)
     affordable, remainder = 37, IMAGE_PRICE - 1

@@ -136,7 +136,8 @@ async def charged(s: AsyncSession, account_id: str, generation_id: str, amount: 
     """Write a generation's charge, inside the transaction that won its settlement.
 
     The reservation already took the money: the entry records the balance as it stands, read
-    by its own insert, so a charge takes no lock of the account row. Only
+    by its own insert; the caller holds the account row's lock (its landing UPDATE), so that
+    balance is the one the ledger's order gives. Only
     :func:`genplane.generations.lifecycle` calls this (and :func:`refunded`), after flipping
     the generation's ``credits_settled`` flag: the flag makes a settlement happen once.
     """

@@ -334,10 +334,11 @@ async def succeed(
     ended = (await s.execute(_SUCCEED, params)).first()
     if ended is None:
         return False
-    await ledger.charged(s, gen.account_id, gen.id, gen.cost_millis)  # settled flag flipped above
     metrics.generation_ended(s, gen.model_identifier, provider_used, GenerationStatus.SUCCEEDED)
     await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
     await _landed(s, gen, refund=False)
+    # After the account row's lock: the entry's balance is the one the ledger's order gives.
+    await ledger.charged(s, gen.account_id, gen.id, gen.cost_millis)  # settled flag flipped above
     return True
 
 
