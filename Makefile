@@ -37,8 +37,7 @@ lint: install
 
 # The tests run again with every app on PostgreSQL + Redis (GENPLANE_TEST_CONFIG=scaled).
 SCALED_TESTS = tests/test_generations.py tests/test_credits.py tests/test_idempotency.py \
-	tests/test_webhooks.py tests/test_firewall.py tests/test_rate_limits.py tests/test_worker_path.py \
-	tests/test_crash_recovery.py tests/test_prefer_wait.py tests/test_generation_counts.py
+	tests/test_webhooks.py tests/test_firewall.py tests/test_rate_limits.py
 
 test: install lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -156,6 +156,35 @@ def test_0006_and_0007_backfill_each_accounts_generation_counts(tmp_path: Path) 
     con.close()
 
 
+def _delivered_before_0009() -> dict[str, int | None]:
+    """What 0009 backfills for _history_sql's rows: a success delivered all it asked (1), the
+    rows still in flight nothing yet."""
+    return {
+        f"{a}-{i}": None if i < len(ACTIVE_STATUSES) else 1 for a, n in HISTORY.items() for i in range(n)
+    }
+
+
+def test_0009_backfills_what_past_successes_delivered(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    upgrade(url, "0008")
+    con = sqlite3.connect(db)
+    for sql in _history_sql():
+        con.execute(sql)
+    con.commit()
+    con.close()
+    upgrade(url)
+    con = sqlite3.connect(db)
+    delivered = dict(con.execute("SELECT id, output_delivered FROM generations").fetchall())
+    con.close()
+    assert delivered == _delivered_before_0009()
+
+    command.downgrade(alembic_config(url), "0008")
+    con = sqlite3.connect(db)
+    assert "output_delivered" not in {r[1] for r in con.execute("PRAGMA table_info('generations')")}
+    con.close()
+
+
 @pytest.mark.skipif(not postgres.AVAILABLE, reason="no PostgreSQL")
 def test_0006_and_0007_backfill_on_postgresql() -> None:
     import asyncpg
@@ -187,5 +216,7 @@ def test_0006_and_0007_backfill_on_postgresql() -> None:
         upgrade(scratch_url)
         assert asyncio.run(on_scratch([], "SELECT id, generations_total FROM accounts")) == HISTORY
         assert asyncio.run(on_scratch([], "SELECT id, generations_in_flight FROM accounts")) == IN_FLIGHT
+        delivered = asyncio.run(on_scratch([], "SELECT id, output_delivered FROM generations"))
+        assert delivered == _delivered_before_0009()
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

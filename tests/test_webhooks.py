@@ -60,6 +60,7 @@ GENERATION_KEYS = {
 }
 OPTIONAL_GENERATION_KEYS = {
     "generation_output_file",
+    "generation_output_delivered",
     "generation_error",
     "generation_error_code",
     "generation_error_name",
@@ -226,8 +227,9 @@ def check_generation_data(data: dict[str, Any], record: dict[str, Any], status: 
         assert data["generation_provider_used"] == "local"
         assert data["generation_output_file"] == record["generation_output_file"]
         assert data["generation_output_file"]
+        assert data["generation_output_delivered"] == record["generation_output_delivered"]
     else:
-        assert "generation_output_file" not in data
+        assert "generation_output_file" not in data and "generation_output_delivered" not in data
     if status == "failed":
         assert data["generation_error"] == record["generation_error"]
         assert data["generation_error_code"] == record["generation_error_code"]

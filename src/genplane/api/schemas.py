@@ -169,6 +169,11 @@ class GenerationRecord(_Open):
     generation_output_number: int
     generation_input_file: list[str] | None
     generation_output_file: list[str] | None
+    generation_output_delivered: int | None = Field(
+        None,
+        description="Succeeded only: how many of generation_output_number the provider delivered; "
+        "the generation is charged for these, the rest of its reservation is refunded.",
+    )
     generation_created_at: str
     generation_started_at: str | None
     generation_completed_at: str | None

@@ -38,3 +38,28 @@ def generation_cost_millis(
     if model.model_type == "video":
         return to_millis(unit * (duration or 0) * outputs)
     return to_millis(unit * outputs)
+
+
+def delivered_cost_millis(
+    model: ModelEntry,
+    reserved_millis: int,
+    *,
+    asked: int,
+    delivered: int,
+    duration: int | None = None,
+    resolution: str | None = None,
+    audio: bool = False,
+) -> int:
+    """What a generation pays when its provider delivered ``delivered`` of the ``asked`` outputs.
+
+    A tenant pays for what it got: the delivered share is priced by
+    :func:`generation_cost_millis`, as the reservation was, so its rounding is the
+    reservation's. A full delivery (or a larger one) pays the reservation, and no share exceeds
+    it, whatever the catalogue says now: the reservation is all the tenant agreed to pay.
+    """
+    if delivered >= asked:
+        return reserved_millis
+    share = generation_cost_millis(
+        model, outputs=delivered, duration=duration, resolution=resolution, audio=audio
+    )
+    return min(share, reserved_millis)

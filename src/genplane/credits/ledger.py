@@ -6,7 +6,9 @@ transaction as the balance change. A reservation is a conditional decrement
 requests can never drive a balance below zero. Settlement (charge or refund) flips
 ``generations.credits_settled`` from false to true first: only the transaction that
 wins that flip writes money, so a retried or crashed worker settles at most once,
-and a unique index on (generation_id, kind) backs that up in the database.
+and a unique index on (generation_id, kind) backs that up in the database. A success with
+fewer outputs than asked settles with both: a ``refund`` of the undelivered share, then the
+``charge`` of the delivered one.
 """
 
 from __future__ import annotations

@@ -101,6 +101,8 @@ class Generation(Base):
     generate_audio: Mapped[bool | None] = mapped_column(Boolean)
     specific: Mapped[dict[str, Any]]
     output_files: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: How many of ``output_number`` a success delivered (and was charged for); None until then.
+    output_delivered: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(60))
     provider_errors: Mapped[list[Any] | None] = mapped_column(JSON)

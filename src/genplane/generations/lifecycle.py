@@ -47,6 +47,7 @@ def new_generation(
         prediction_id=new_id(),
         **req.spec_values(),
         output_files=None,
+        output_delivered=None,
         error=None,
         error_code=None,
         provider_errors=None,
@@ -92,7 +93,8 @@ _LANDED = (
     .where(_ACCOUNTS.c.id == bindparam("aid"))
     .values(generations_in_flight=_ACCOUNTS.c.generations_in_flight - 1)
 )
-#: The same, giving the reservation back in the same statement (failed, canceled).
+#: The same, giving money back in the same statement: the whole reservation (failed, canceled)
+#: or the share of the outputs a provider did not deliver (succeeded with fewer).
 _LANDED_REFUNDED = (
     update(_ACCOUNTS)
     .where(_ACCOUNTS.c.id == bindparam("aid"))
@@ -143,15 +145,18 @@ def _at_cap(inflight: int, cap: int) -> ApiError:
     )
 
 
-async def _landed(s: AsyncSession, gen: Generation, refund: bool) -> None:
-    """Lower the account's in-flight count, and give the reservation back when ``refund``:
-    one statement, the ending transaction's only write of the account row and its last."""
-    if not refund:
+async def _landed(s: AsyncSession, gen: Generation, refund_millis: int | None) -> None:
+    """Lower the account's in-flight count, and give ``refund_millis`` back unless None: one
+    statement, the ending transaction's only write of the account row and its last.
+
+    None, not 0, means no refund: a failed free generation still records its refund of 0,
+    so every ending has its settlement entry in the ledger."""
+    if refund_millis is None:
         await s.execute(_LANDED, {"aid": gen.account_id})
         return
-    params = {"aid": gen.account_id, "amount": gen.cost_millis, "now": utcnow()}
+    params = {"aid": gen.account_id, "amount": refund_millis, "now": utcnow()}
     balance = (await s.execute(_LANDED_REFUNDED, params)).scalar_one()
-    await ledger.refunded(s, gen.account_id, gen.id, gen.cost_millis, int(balance))
+    await ledger.refunded(s, gen.account_id, gen.id, refund_millis, int(balance))
 
 
 # The worker's hot statements, built once: a job is claimed and ended with one UPDATE each,
@@ -203,7 +208,7 @@ _EVENT_ROW = (
         _GEN.c[name]
         for name in (
             "id", "account_id", "model_identifier", "status", "provider_used", "prediction_id",
-            "output_files", "error", "error_code",
+            "output_files", "output_delivered", "error", "error_code",
         )
     ),
     _ENDPOINTS,
@@ -223,6 +228,7 @@ _SUCCEED = (
         credits_settled=True,
         provider_used=bindparam("provider"),
         output_files=bindparam("files"),
+        output_delivered=bindparam("delivered"),
         metrics_predict_time=bindparam("predict"),
         **_ENDED,
     )
@@ -324,21 +330,33 @@ async def succeed(
     provider_used: str,
     output_files: Sequence[dict[str, Any]],
     predict_time: float | None,
+    charge_millis: int | None = None,
 ) -> bool:
-    """Finish with outputs and charge; False when the job ended meanwhile (canceled, taken over)."""
+    """Finish with outputs and charge; False when the job ended meanwhile (canceled, taken over).
+
+    ``charge_millis`` is what the delivered outputs cost (the whole reservation when None):
+    a provider that returned fewer outputs than asked is paid for those only, and the rest of
+    the reservation is refunded in this transaction, so the ledger shows both movements. The
+    charge never exceeds the reservation, and the record keeps how many outputs were delivered
+    (capped at the number asked: the ones beyond it were not paid for).
+    """
+    charge = gen.cost_millis if charge_millis is None else min(max(charge_millis, 0), gen.cost_millis)
+    refund = gen.cost_millis - charge
     now = utcnow()
     params = {
         "gid": gen.id, "owner": owner, "provider": provider_used, "files": list(output_files),
+        "delivered": min(len(output_files), gen.output_number),
         "predict": predict_time, "now": now, "total": _run_time(gen, now),
     }
     ended = (await s.execute(_SUCCEED, params)).first()
     if ended is None:
         return False
     metrics.generation_ended(s, gen.model_identifier, provider_used, GenerationStatus.SUCCEEDED)
-    await _emit_terminal(s, gen.id, "generation.completed", ended=ended)
-    await _landed(s, gen, refund=False)
+    await _emit_terminal(s, gen.id, "generation.completed", True if refund else None, ended=ended)
+    # The refund's entry first: it moves the balance the charge's entry then reads.
+    await _landed(s, gen, refund or None)
     # After the account row's lock: the entry's balance is the one the ledger's order gives.
-    await ledger.charged(s, gen.account_id, gen.id, gen.cost_millis)  # settled flag flipped above
+    await ledger.charged(s, gen.account_id, gen.id, charge)  # settled flag flipped above
     return True
 
 
@@ -362,7 +380,7 @@ async def fail(
     last_tried = provider_errors[-1].get("provider") if provider_errors else None
     metrics.generation_ended(s, gen.model_identifier, last_tried, GenerationStatus.FAILED)
     await _emit_terminal(s, gen.id, "generation.failed", refunded, ended=ended)
-    await _landed(s, gen, refund=refunded)
+    await _landed(s, gen, gen.cost_millis if refunded else None)
     return True
 
 
@@ -384,7 +402,7 @@ async def cancel(s: AsyncSession, account_id: str, generation_id: str) -> tuple[
     metrics.generation_ended(s, gen.model_identifier, running, GenerationStatus.CANCELED)
     await _emit_terminal(s, gen.id, "generation.canceled", refunded)
     await events.announce(s, events.CANCELS, gen.id)  # the worker running it, in any process, stops
-    await _landed(s, gen, refund=refunded)
+    await _landed(s, gen, gen.cost_millis if refunded else None)
     return gen, refunded
 
 

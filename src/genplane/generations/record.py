@@ -37,6 +37,8 @@ def to_record(gen: StoredGeneration) -> dict[str, Any]:
         "generation_output_number": gen.output_number,
         "generation_input_file": gen.input_file,
         "generation_output_file": output_urls(gen),
+        # Not in the contract: how many of the outputs asked were delivered, and charged for.
+        "generation_output_delivered": gen.output_delivered,
         "generation_created_at": iso(gen.created_at),
         "generation_started_at": iso(gen.started_at),
         "generation_completed_at": iso(gen.completed_at),
@@ -69,6 +71,7 @@ def event_data(gen: Generation, credits_refunded: bool | None = None) -> dict[st
     }
     if gen.status == GenerationStatus.SUCCEEDED:
         data["generation_output_file"] = output_urls(gen)
+        data["generation_output_delivered"] = gen.output_delivered
     if gen.status == GenerationStatus.FAILED:
         data.update(failure_fields(gen.error, gen.error_code))
     if credits_refunded is not None:

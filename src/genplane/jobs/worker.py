@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.exc import OperationalError
 
 from genplane.catalog.loader import Catalog
+from genplane.catalog.pricing import delivered_cost_millis
 from genplane.contract.errors import ErrorName
 from genplane.contract.status import AttemptOutcome
 from genplane.db.engine import Database
@@ -329,6 +330,7 @@ class Worker:
                 [{"url": f.url, "key": f.key, "size": f.size, "content_type": f.content_type}
                  for f in stored],
                 success.predict_time,
+                charge_millis=self._charge(gen, len(stored)),
             )
             repo.record_attempt(
                 s,
@@ -349,6 +351,22 @@ class Worker:
             return
         if gen.claims > 1:  # an earlier attempt may still have been storing when re-claimed
             await self._drop_files(gen.id)
+
+    def _charge(self, gen: Generation, outputs: int) -> int:
+        """What the generation pays for ``outputs`` delivered outputs: its reservation, or the
+        delivered share when the provider returned fewer than asked (the rest is refunded).
+
+        The chain ran the generation's model, so the catalogue has it; the share is priced
+        as the reservation was, by the generation's own options."""
+        return delivered_cost_millis(
+            self.catalog.models[gen.model_identifier],
+            gen.cost_millis,
+            asked=gen.output_number,
+            delivered=outputs,
+            duration=gen.duration,
+            resolution=gen.resolution,
+            audio=bool(gen.generate_audio),
+        )
 
     async def _drop_files(self, gid: str) -> None:
         """Delete the generation's stored files that its record does not list."""
