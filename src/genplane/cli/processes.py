@@ -19,6 +19,7 @@ import sys
 
 import structlog
 
+from genplane.collector import tune_after_startup
 from genplane.db.migrate import upgrade
 from genplane.metrics.exposition import multiprocess_directory
 from genplane.metrics.multiprocess_dir import ChildMetricsDirectory
@@ -50,6 +51,7 @@ async def run_worker(settings: Settings) -> None:
     services = build_services(settings)
     stop = _stop_event()
     await services.start(api=False, worker=True)
+    tune_after_startup(settings)  # thousands of jobs in flight: as `serve` does
     log.info("genplane_worker_started", owner=services.worker.owner, region=settings.region)
     try:
         await stop.wait()
