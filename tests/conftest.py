@@ -24,6 +24,7 @@ from genplane.api.services import Services
 from genplane.credits.money import to_millis
 from genplane.settings import Settings
 from tests import postgres
+from tests.serve_process import Server
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -310,3 +311,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"unix://{server.socket_file}"
     finally:
         server.shutdown()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A real ``genplane serve`` on its own data directory and socket (tests/serve_process.py)."""
+    s = Server(tmp_path / "data")
+    try:
+        yield s
+    finally:
+        s.stop()

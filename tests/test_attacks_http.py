@@ -13,22 +13,12 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.serve_process import BIN, Server
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data")
-    yield srv
-    srv.stop()
 
 
 def genplane(server: Server, *args: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,13 +16,6 @@ import pytest
 from tests.serve_process import Server
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data")
-    yield srv
-    srv.stop()
 
 
 def _client(server: Server, key: str) -> httpx.Client:

@@ -127,16 +127,22 @@ def _history_sql() -> list[str]:
     return statements
 
 
-def test_0006_and_0007_backfill_each_accounts_generation_counts(tmp_path: Path) -> None:
+def _upgraded_over_history(tmp_path: Path, revision: str) -> tuple[Path, str]:
+    """A SQLite database at ``revision`` given _history_sql's rows, then brought to head."""
     db = tmp_path / "m.db"
     url = f"sqlite+aiosqlite:///{db}"
-    upgrade(url, "0005")
+    upgrade(url, revision)
     con = sqlite3.connect(db)
     for sql in _history_sql():
         con.execute(sql)
     con.commit()
     con.close()
     upgrade(url)
+    return db, url
+
+
+def test_0006_and_0007_backfill_each_accounts_generation_counts(tmp_path: Path) -> None:
+    db, url = _upgraded_over_history(tmp_path, "0005")
     con = sqlite3.connect(db)
     counts = dict(con.execute("SELECT id, generations_total FROM accounts").fetchall())
     in_flight = dict(con.execute("SELECT id, generations_in_flight FROM accounts").fetchall())
@@ -165,15 +171,7 @@ def _delivered_before_0009() -> dict[str, int | None]:
 
 
 def test_0009_backfills_what_past_successes_delivered(tmp_path: Path) -> None:
-    db = tmp_path / "m.db"
-    url = f"sqlite+aiosqlite:///{db}"
-    upgrade(url, "0008")
-    con = sqlite3.connect(db)
-    for sql in _history_sql():
-        con.execute(sql)
-    con.commit()
-    con.close()
-    upgrade(url)
+    db, url = _upgraded_over_history(tmp_path, "0008")
     con = sqlite3.connect(db)
     delivered = dict(con.execute("SELECT id, output_delivered FROM generations").fetchall())
     con.close()

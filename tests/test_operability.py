@@ -4,6 +4,7 @@ summed over the processes of ``serve --workers N``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -74,6 +75,17 @@ def readiness(h: Harness) -> Readiness:
     probe: Readiness = h.app.state.readiness
     probe.reuse_seconds = 0  # every probe below runs the checks afresh
     return probe
+
+
+@contextlib.contextmanager
+def checking(h: Harness, **replaced: Any) -> Iterator[Readiness]:
+    """``/readyz`` checks ``replaced`` services (a database gone, a broken store) meanwhile."""
+    probe = readiness(h)
+    probe.services = dataclasses.replace(h.services, **replaced)
+    try:
+        yield probe
+    finally:
+        probe.services = h.services
 
 
 # -- /metrics -------------------------------------------------------------------------------------
@@ -217,13 +229,11 @@ async def test_healthz_and_readyz_answer_200(harness: Harness) -> None:
 
 
 async def test_readyz_names_the_database_when_it_is_gone(harness: Harness) -> None:
-    probe = readiness(harness)
     gone = Database(CLOSED_POSTGRES)
-    probe.services = dataclasses.replace(harness.services, db=gone)
     try:
-        r = await harness.client.get("/readyz")
+        with checking(harness, db=gone):
+            r = await harness.client.get("/readyz")
     finally:
-        probe.services = harness.services
         await gone.dispose()
     assert r.status_code == 503
     assert r.json() == {"status": "unavailable", "failed": ["database"]}
@@ -232,17 +242,12 @@ async def test_readyz_names_the_database_when_it_is_gone(harness: Harness) -> No
 
 
 async def test_readyz_names_storage_that_fails(harness: Harness, tmp_path: Path) -> None:
-    probe = readiness(harness)
     root = tmp_path / "files"
     broken = LocalFileStore(root, "http://testserver")
     shutil.rmtree(root)
     root.write_text("a file where the store's folder was")
-    probe.services = dataclasses.replace(harness.services, store=broken)
-    try:
-        with capture_logs() as logs:
-            r = await harness.client.get("/readyz")
-    finally:
-        probe.services = harness.services
+    with checking(harness, store=broken), capture_logs() as logs:
+        r = await harness.client.get("/readyz")
     assert r.status_code == 503
     assert r.json() == {"status": "unavailable", "failed": ["storage"]}
     assert str(tmp_path) not in r.text
@@ -254,13 +259,9 @@ async def test_readyz_bounds_a_check_that_hangs(harness: Harness) -> None:
         async def health(self) -> None:
             await asyncio.Event().wait()
 
-    probe = readiness(harness)
-    probe.timeout = 0.2
-    probe.services = dataclasses.replace(harness.services, store=cast(FileStore, HangingStore()))
-    try:
+    with checking(harness, store=cast(FileStore, HangingStore())) as probe:
+        probe.timeout = 0.2
         r = await harness.client.get("/readyz")
-    finally:
-        probe.services = harness.services
     assert r.status_code == 503
     assert r.json()["failed"] == ["storage"]
 
@@ -269,14 +270,13 @@ async def test_readyz_pings_redis_when_configured(
     harness_factory: Callable[..., Any], redis_url: str
 ) -> None:
     h: Harness = await harness_factory(redis_url=redis_url)
-    probe = readiness(h)
+    readiness(h)
     assert (await h.client.get("/readyz")).status_code == 200
     closed = Redis.from_url(CLOSED_REDIS)
-    probe.services = dataclasses.replace(h.services, redis=closed)
     try:
-        r = await h.client.get("/readyz")
+        with checking(h, redis=closed):
+            r = await h.client.get("/readyz")
     finally:
-        probe.services = h.services
         await closed.aclose()
     assert r.status_code == 503
     assert r.json() == {"status": "unavailable", "failed": ["redis"]}
@@ -344,15 +344,6 @@ def status_requests_in(directory: str, pid: int) -> float:
             }:
                 return float(sample.value)
     return 0.0
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    s = Server(tmp_path / "data")
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def test_serve_workers_metrics_sum_the_requests_of_every_process(server: Server) -> None:

@@ -37,13 +37,6 @@ WEBHOOK_ENV = {
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data")
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()  # not listening until the test starts it
     yield r
