@@ -8,6 +8,7 @@ parameter) is covered without touching this file.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -571,6 +572,10 @@ async def test_a_thousand_undeclared_paths_block_the_ip_until_the_cool_down(
                 if r.status_code == 403:
                     body = assert_error(r, 403, "bse_request_blocked")
                     assert r.headers["Retry-After"] == "300"
+                    # The limit that refused: the rejections per window that start a block.
+                    assert r.headers["X-RateLimit-Limit"] == "100"
+                    assert r.headers["X-RateLimit-Remaining"] == "0"
+                    assert int(r.headers["X-RateLimit-Reset"]) >= time.time() + 299
                     assert body["details"]["retry_after_seconds"] == 300
         # The 101st rejection within the window starts the block; the rest are turned away.
         assert statuses == [404] * 101 + [403] * 899

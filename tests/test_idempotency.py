@@ -473,3 +473,26 @@ async def test_replay_depends_only_on_the_stored_answer(
     assert again.status_code == 200, again.text
     assert again.headers["Idempotency-Replayed"] == "true"
     assert data_bytes(again) == data_bytes(first)
+
+
+async def test_replay_of_a_canceled_generation_keeps_the_first_answer_and_get_tells_the_truth(
+    harness_factory: Any,
+) -> None:
+    """The product's docs: a replay returns the original response even if the generation has
+    changed since. The record is where its state is read, and it must say canceled."""
+    h: Harness = await harness_factory(run_worker=False)
+    caller = await h.caller(credits="1")
+    first = await caller.create_image(BODY, headers=key_header("cancel-me"))
+    assert first.status_code == 200, first.text
+    gid = first.json()["data"]["generation_id"]
+    cancel = await caller.post(f"/v1/content/generation/cancel/{gid}")
+    assert cancel.status_code == 200, cancel.text
+
+    replay = await caller.create_image(BODY, headers=key_header("cancel-me"))
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["Idempotency-Replayed"] == "true"
+    assert data_bytes(replay) == data_bytes(first)  # the original body, as it was before the cancel
+    record = await caller.get(f"/v1/content/{gid}")
+    assert record.status_code == 200, record.text
+    assert record.json()["data"]["generation_status"] == "canceled"
+    assert await generations_of(h, caller.account_id) == [gid]

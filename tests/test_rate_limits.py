@@ -254,10 +254,13 @@ async def test_every_429_carries_retry_after(harness_factory: Callable[..., Any]
         assert r.json()["retryable"] is True
         assert int(r.headers["Retry-After"]) >= 1, name
         assert r.json()["details"]["retry_after_seconds"] == int(r.headers["Retry-After"]), name
-    # The authenticated ones carry the rate-limit headers of their group as well.
-    assert answers["bse_concurrency_limit_exceeded"].headers["X-RateLimit-Limit"] == "2"
-    assert answers["bse_concurrency_limit_exceeded"].headers["X-RateLimit-Remaining"] == "0"
-    assert "X-RateLimit-Limit" not in answers["bse_auth_rate_limited"].headers
+        # With Retry-After, the limit that refused: clients honour the one only with the other.
+        assert r.headers["X-RateLimit-Remaining"] == "0", name
+        reset = int(r.headers["X-RateLimit-Reset"])
+        assert time.time() < reset <= time.time() + int(r.headers["Retry-After"]) + 1, name
+    assert answers["bse_concurrency_limit_exceeded"].headers["X-RateLimit-Limit"] == "1"  # the cap
+    assert answers["bse_rate_limit_exceeded"].headers["X-RateLimit-Limit"] == "2"
+    assert answers["bse_auth_rate_limited"].headers["X-RateLimit-Limit"] == "1"
 
 
 async def test_a_failing_credential_is_refused_before_any_key_lookup(

@@ -38,6 +38,16 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
 
 
+def _listed(value: Any) -> list[str] | None:
+    """A list setting given as a comma-separated string, a JSON list or a list; None for anything else."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.split(",")
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENPLANE_", env_file=".env", extra="ignore")
 
@@ -268,6 +278,12 @@ class Settings(BaseSettings):
         description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For names the client; "
         "comma-separated or a JSON list. Empty: the socket's peer is the client.",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*"],
+        description="Origins whose browser pages may call /v1 (CORS), comma-separated or a JSON list; `*` "
+        "(the default) admits any: keys travel in the Authorization header, never in cookies, so a page "
+        "can only use a key its user gave it. Empty: no CORS headers, preflights refused.",
+    )
     max_inflight_generations: int = Field(
         50, ge=1, description="Non-terminal generations per account, unless the plan has its own cap."
     )
@@ -380,22 +396,31 @@ class Settings(BaseSettings):
             return value.strip() or None
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_cors_origins(cls, value: Any) -> Any:
+        """A comma-separated list or a JSON list; each entry ``*`` or ``scheme://host[:port]``."""
+        entries = _listed(value)
+        if entries is None:
+            return value
+        for entry in entries:
+            if entry != "*" and not re.fullmatch(r"https?://[^/\s]+", entry):
+                raise ValueError(f"cors_origins: {entry!r} is not * or an origin such as https://app.example.com")
+        return entries
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_trusted_proxies(cls, value: Any) -> Any:
         """A comma-separated list or a JSON list; each entry an IP address or a network."""
-        if isinstance(value, str):
-            text = value.strip()
-            value = json.loads(text) if text.startswith("[") else [p.strip() for p in text.split(",")]
-        if isinstance(value, list | tuple):
-            entries = [str(v).strip() for v in value if str(v).strip()]
-            for entry in entries:
-                try:
-                    ipaddress.ip_network(entry, strict=False)
-                except ValueError as exc:
-                    raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from exc
-            return entries
-        return value
+        entries = _listed(value)
+        if entries is None:
+            return value
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {entry!r} is not an IP address or network") from exc
+        return entries
 
     @field_validator("storage_url")
     @classmethod

@@ -17,6 +17,7 @@ from genplane import __version__
 from genplane.accounts.service import Authenticator
 from genplane.api.blocklist import MemoryFirewallStore
 from genplane.api.blocklist_redis import RedisFirewallStore
+from genplane.api.cors import ContractCorsMiddleware
 from genplane.api.docs_page import render_docs
 from genplane.api.errors import install_error_handlers
 from genplane.api.files import router as files_router
@@ -153,10 +154,11 @@ def create_app(
     async def docs() -> HTMLResponse:
         return HTMLResponse(render_docs(await openapi_json()))
 
+    # Compiled once, from the same document /openapi.json serves.
+    rules = compile_rules(app_spec(app), (path for path, _, _ in route_table(app)))
     if settings.firewall_enabled:
-        # Compiled once, from the same document /openapi.json serves. Added before (so inside)
-        # EdgeMiddleware: request ids exist when it answers, and it answers before routing.
-        rules = compile_rules(app_spec(app), (path for path, _, _ in route_table(app)))
+        # Added before (so inside) EdgeMiddleware: request ids exist when it answers, and it
+        # answers before routing.
         svc: Services = app.state.services
         app.add_middleware(
             FirewallMiddleware,
@@ -174,6 +176,10 @@ def create_app(
         request_metrics=RequestMetrics(UNCOUNTED_PATHS) if settings.metrics_token is not None else None,
     )
     if settings.trusted_proxies:
-        # Outermost: the forwarded client address is in place before anything reads it.
+        # Outside the edge: the forwarded client address is in place before anything reads it.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    if settings.cors_origins:
+        # Outermost: preflights are answered before anything else looks at them, and every
+        # answer, the edge's own errors included, is readable by the page that asked.
+        app.add_middleware(ContractCorsMiddleware, rules=rules, origins=settings.cors_origins)
     return app

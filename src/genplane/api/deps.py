@@ -14,6 +14,7 @@ from genplane.api.client_address import client_ip
 from genplane.api.ratelimit import route_group
 from genplane.api.services import Services
 from genplane.contract.errors import ApiError
+from genplane.contract.rate_headers import refusal_headers
 from genplane.net.bearer import bearer_token
 
 
@@ -74,5 +75,7 @@ async def _refuse_blocked(svc: Services, authorization: str) -> None:
     if blocked > 0:
         retry = max(1, math.ceil(blocked))
         raise ApiError(
-            "bse_request_blocked", details={"retry_after_seconds": retry}, headers={"Retry-After": str(retry)}
+            "bse_request_blocked",
+            details={"retry_after_seconds": retry},
+            headers=refusal_headers(svc.settings.firewall_max_rejections, retry),
         )

@@ -56,6 +56,7 @@ from genplane.api.blocklist import FirewallStore, ip_subject, key_subject
 from genplane.api.client_address import client_ip
 from genplane.api.errors import render_error
 from genplane.contract.errors import ApiError, invalid_input
+from genplane.contract.rate_headers import refusal_headers
 from genplane.generations.request import MAX_BODY_BYTES
 from genplane.net.bearer import bearer_token
 from genplane.settings import Settings
@@ -477,6 +478,8 @@ class FirewallMiddleware:
         self.max_header_line = settings.firewall_max_header_line_bytes
         self.max_url = settings.firewall_max_url_bytes
         self.max_depth = settings.firewall_max_json_depth
+        # A block's X-RateLimit-Limit: the rejections per window that start one.
+        self.block_limit = settings.firewall_max_rejections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["path"] in self.probes and scope["method"] == "GET"):
@@ -524,7 +527,7 @@ class FirewallMiddleware:
             err = ApiError(
                 "bse_request_blocked",
                 details={"retry_after_seconds": retry},
-                headers={"Retry-After": str(retry)},
+                headers=refusal_headers(self.block_limit, retry),
             )
             await render_error(state, self.error_shape, Headers(scope=scope), err)(scope, receive, send)
             return

@@ -117,7 +117,8 @@ def _response_headers(operation_id: str, status: str) -> dict[str, Any]:
         if operation_id in ("generateImage", "generateVideo", "getContent"):
             names.append("Preference-Applied")
     elif status == "429":
-        names.append("Retry-After")  # request rate, failed-authentication rate, in-flight cap
+        # Request rate, failed-authentication rate, in-flight cap: each names its limit.
+        names += ["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
     return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 

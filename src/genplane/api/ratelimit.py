@@ -27,6 +27,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from genplane.contract.errors import ApiError
+from genplane.contract.rate_headers import rate_headers, refusal_headers
 from genplane.settings import RouteGroup, Settings
 
 _GENERATE_PREFIX = "/v1/generate/"
@@ -66,11 +67,7 @@ class RateInfo:
     reset: int
 
     def headers(self) -> dict[str, str]:
-        return {
-            "X-RateLimit-Limit": str(self.limit),
-            "X-RateLimit-Remaining": str(self.remaining),
-            "X-RateLimit-Reset": str(self.reset),
-        }
+        return rate_headers(self.limit, self.remaining, self.reset)
 
 
 class RequestLimiter:
@@ -136,5 +133,5 @@ class RequestLimiter:
         return ApiError(
             "bse_auth_rate_limited",
             details={"retry_after_seconds": retry, "limit": item.amount},
-            headers={"Retry-After": str(retry)},
+            headers=refusal_headers(item.amount, retry),
         )

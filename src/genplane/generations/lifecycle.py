@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import as_utc, utcnow
 from genplane.contract.errors import ApiError, ErrorName
+from genplane.contract.rate_headers import refusal_headers
 from genplane.contract.status import GenerationStatus
 from genplane.credits import ledger
 from genplane.db import events
@@ -141,7 +142,7 @@ def _at_cap(inflight: int, cap: int) -> ApiError:
         "bse_concurrency_limit_exceeded",
         f"{inflight} generations are in flight; the limit is {cap}.",
         details={"limit": cap, "retry_after_seconds": 1},
-        headers={"Retry-After": "1"},
+        headers=refusal_headers(cap, 1),
     )
 
 
