@@ -91,3 +91,62 @@ async def test_store_windows_and_blocks_only_lengthen(redis_url: str) -> None:
         assert await store.verified_account("key:abc") == "acct_1"
     finally:
         await redis.aclose()
+
+
+async def exchange(*processes: Harness) -> None:
+    """One exchange of anomaly counts by each process, in order (instead of their timers)."""
+    for h in processes:
+        shared = h.services.anomalies.analytics.shared
+        assert shared is not None
+        await shared.exchange()
+
+
+async def test_a_storm_spread_over_processes_is_found(
+    harness_factory: Callable[..., Any], redis_url: str
+) -> None:
+    """Enumeration split evenly between two processes: neither reaches the threshold alone."""
+    a, b = await two_processes(
+        harness_factory,
+        redis_url,
+        anomaly_enumeration_threshold=10,
+        anomaly_auto_block=["id_enumeration"],
+        anomaly_share_interval_seconds=3600,  # exchanges only when the test says
+    )
+    caller = await a.caller()
+    missing = [f"/v1/content/{uuid.uuid4()}" for _ in range(12)]
+    for i, path in enumerate(missing[:10]):
+        assert (await on((a, b)[i % 2], caller).get(path)).status_code == 404
+    # Five each, ten in all: alone, each process is under the threshold.
+    assert a.services.anomalies.analytics.open_flags() == []
+    assert b.services.anomalies.analytics.open_flags() == []
+    await exchange(a, b, a)
+    assert a.services.anomalies.analytics.shared.peers(caller.key_id, "1") == 5  # type: ignore[union-attr]
+    # The next one, on either process, is the eleventh of the window: the key is blocked everywhere.
+    assert (await on(a, caller).get(missing[10])).status_code == 404
+    (flag,) = a.services.anomalies.analytics.open_flags()
+    assert flag.pattern == "id_enumeration" and flag.count == 11
+    assert_error(await on(b, caller).get("/v1/status"), 403, "bse_request_blocked")
+
+
+async def test_counts_outside_the_window_are_not_shared(
+    harness_factory: Callable[..., Any], redis_url: str
+) -> None:
+    a, b = await two_processes(
+        harness_factory,
+        redis_url,
+        anomaly_enumeration_threshold=10,
+        anomaly_enumeration_window_seconds=30,
+        anomaly_share_interval_seconds=3600,
+    )
+    caller = await a.caller()
+    for _ in range(6):
+        assert (await on(b, caller).get(f"/v1/content/{uuid.uuid4()}")).status_code == 404
+    assert (await on(a, caller).get(f"/v1/content/{uuid.uuid4()}")).status_code == 404
+    await exchange(b, a)
+    shared_a = a.services.anomalies.analytics.shared
+    assert shared_a is not None and shared_a.peers(caller.key_id, "1") == 6
+    later = shared_a.clock() + 40
+    shared_a.clock = lambda: later  # the window has passed for b's six (still in Redis)
+    assert (await on(a, caller).get(f"/v1/content/{uuid.uuid4()}")).status_code == 404
+    await exchange(a)
+    assert shared_a.peers(caller.key_id, "1") == 0

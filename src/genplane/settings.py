@@ -375,6 +375,12 @@ class Settings(BaseSettings):
         description="Creates refused with a 4xx other than 429 within the window: a failed-create burst.",
     )
     anomaly_failed_create_window_seconds: float = Field(60.0, gt=0)
+    anomaly_share_interval_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="With Redis: how often each API process adds its detector counts to the shared "
+        "windows and reads the others' back (how late a storm spread over processes is found).",
+    )
     anomaly_auto_block: Annotated[list[AnomalyPattern], NoDecode] = Field(
         default_factory=list,
         description="Patterns that block the offending key for firewall_block_seconds: a comma-separated "

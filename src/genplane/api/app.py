@@ -48,6 +48,8 @@ from genplane.settings import Settings, get_settings
 from genplane.storage.factory import build_store
 from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
+from genplane.usage.sequences import SequenceAnalytics
+from genplane.usage.shared_windows import SharedWindows
 from genplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("genplane")
@@ -72,6 +74,11 @@ def build_services(
     generations.waiters = waiters
     webhook_guard = PinnedFetcher(http, settings.webhook_allow_hosts)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    shared_windows = (
+        SharedWindows(redis, settings.redis_prefix, settings.anomaly_share_interval_seconds)
+        if redis is not None
+        else None
+    )
     return Services(
         http=http,
         webhooks=WebhookDispatcher(db, settings, http, webhook_guard),
@@ -90,7 +97,7 @@ def build_services(
             if redis is not None
             else MemoryFirewallStore.from_settings(settings)
         ),
-        anomalies=AnomalyRecorder(db, settings),
+        anomalies=AnomalyRecorder(db, settings, SequenceAnalytics(settings, shared=shared_windows)),
         waiters=waiters,
         redis=redis,
     )

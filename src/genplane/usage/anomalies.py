@@ -76,6 +76,13 @@ class AnomalyRecorder(BatchedWriter):
     def start(self) -> None:
         if self.enabled:
             super().start()
+            if self.analytics.shared is not None:
+                self.analytics.shared.start()
+
+    async def stop(self) -> None:
+        if self.analytics.shared is not None:
+            await self.analytics.shared.stop()
+        await super().stop()
 
 
 async def list_anomalies(

@@ -30,7 +30,9 @@ pattern is in ``GENPLANE_ANOMALY_AUTO_BLOCK`` is returned to the caller, which b
 the key in the firewall's store.
 
 Everything lives in this process's memory, bounded: at most ``MAX_KEYS`` histories
-(idle ones go first) and the open episodes of those keys.
+(idle ones go first) and the open episodes of those keys. With Redis configured, the
+counts of the other API processes are added to this one's
+(:mod:`genplane.usage.shared_windows`), so a storm spread over them is found as well.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import structlog
 from genplane.clock import utcnow
 from genplane.ids import new_id
 from genplane.settings import AnomalyPattern, Settings
+from genplane.usage.shared_windows import SharedWindows
 
 log = structlog.get_logger("genplane.anomalies")
 
@@ -224,6 +227,10 @@ class _Rule:
     window: float
     per_target: bool
 
+    def counter(self, detail: str | None) -> str:
+        """The rule's shared counter (one per polled generation for a per-target rule)."""
+        return f"{self.bit}:{detail}" if detail is not None else str(self.bit)
+
 
 class SequenceAnalytics:
     def __init__(
@@ -231,8 +238,10 @@ class SequenceAnalytics:
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         max_keys: int = MAX_KEYS,
+        shared: SharedWindows | None = None,
     ) -> None:
         self.enabled = settings.anomaly_detection_enabled
+        self.shared = shared
         self.size = settings.anomaly_history_size
         self.block_seconds = settings.firewall_block_seconds
         self.auto_block: frozenset[str] = frozenset(settings.anomaly_auto_block)
@@ -307,15 +316,23 @@ class SequenceAnalytics:
         if not mark:
             return []
         opened: list[Flag] = []
+        shared = self.shared
         for rule in self._rules:
             if not mark & rule.bit:
                 continue
-            horizon = now - rule.window
-            # Fewer requests of any kind than the threshold within the window: nothing to count.
-            if len(history) < rule.threshold or history.time_back(rule.threshold - 1) < horizon:
-                continue
             detail = target if rule.per_target else None
-            found = history.count(history.window(horizon), rule.bit, detail)
+            peers = 0
+            if shared is not None:
+                counter = rule.counter(detail)
+                shared.add(key_id, counter, rule.window)
+                peers = shared.peers(key_id, counter)
+            horizon = now - rule.window
+            # Fewer requests of any kind than this process must add within the window: nothing
+            # to count.
+            need = rule.threshold - peers
+            if need > 0 and (len(history) < need or history.time_back(need - 1) < horizon):
+                continue
+            found = history.count(history.window(horizon), rule.bit, detail) + peers
             if found < rule.threshold:
                 continue
             flag = self._flag(key_id, key_prefix, account_id, rule, detail, found, horizon, now, history)

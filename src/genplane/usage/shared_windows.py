@@ -1,0 +1,137 @@
+"""The anomaly detectors' windows across API processes, through Redis.
+
+Behind a load balancer one key's requests are spread over every API process, so a storm
+of 200 polls in 10 s reaches each of four processes as 50: below every threshold, found
+by none. Each process keeps its own history, exact and free of round trips (see
+:mod:`genplane.usage.sequences`), and adds what the *other* processes counted, as of
+their last exchange:
+
+- each process counts the marks it records (a 404 on a generation, a content read, a
+  poll of one generation, a refused create) in one-second buckets, and every
+  ``GENPLANE_ANOMALY_SHARE_INTERVAL_SECONDS`` adds them to Redis, one hash per key and
+  counter with a field per (second, process), expiring with the counter's window;
+- in the same exchange it reads back the counters it has seen lately and keeps, per
+  counter, the other processes' total within the window.
+
+A detector then compares its own count plus the peers' with the threshold. The peers'
+part is at most one interval old (half a second by default), so a spread-out storm is
+found that much later than a storm on one process; nothing is written per request.
+The per-generation poll counters are kept only for generations polled within the
+window, and at most :data:`MAX_COUNTERS` counters are followed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+from redis.asyncio import Redis
+
+log = structlog.get_logger("genplane.anomalies")
+
+#: Counters followed at once by one process; past it the least recently seen are dropped.
+MAX_COUNTERS = 20_000
+
+
+class SharedWindows:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix + "anomaly:"
+        self.interval = interval
+        self.clock = clock
+        #: This process in the hash fields: its own counts are never taken for a peer's.
+        self.process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._pending: dict[str, dict[int, int]] = {}  # counter key -> second -> count
+        self._followed: dict[str, tuple[float, float]] = {}  # counter key -> (window, last seen)
+        self._peers: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _key(self, key_id: str, counter: str) -> str:
+        return f"{self.prefix}{key_id}:{counter}"
+
+    def add(self, key_id: str, counter: str, window: float) -> None:
+        """One mark of this process's (a dict update: the exchange does the rest)."""
+        name = self._key(key_id, counter)
+        now = self.clock()
+        buckets = self._pending.setdefault(name, {})
+        second = int(now)
+        buckets[second] = buckets.get(second, 0) + 1
+        if name not in self._followed and len(self._followed) >= MAX_COUNTERS:
+            oldest = min(self._followed, key=lambda k: self._followed[k][1])
+            del self._followed[oldest]
+            self._peers.pop(oldest, None)
+        self._followed[name] = (window, now)
+
+    def peers(self, key_id: str, counter: str) -> int:
+        """What the other processes counted within the window, as of the last exchange."""
+        return self._peers.get(self._key(key_id, counter), 0)
+
+    async def exchange(self) -> None:
+        """Send this process's new counts; read back the peers' within each window."""
+        now = self.clock()
+        pending, self._pending = self._pending, {}
+        for name, (window, seen) in list(self._followed.items()):
+            if now - seen > window:  # not seen here within its window: no detector asks
+                del self._followed[name]
+                self._peers.pop(name, None)
+        names = list(self._followed)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name, buckets in pending.items():
+                    window = self._followed.get(name, (0.0, 0.0))[0]
+                    for second, count in buckets.items():
+                        pipe.hincrby(name, f"{second}:{self.process}", count)
+                    pipe.expire(name, math.ceil(window) + 2)
+                for name in names:
+                    pipe.hgetall(name)
+                answers = await pipe.execute()
+        except Exception:
+            for name, buckets in pending.items():  # counted at the next exchange instead
+                mine = self._pending.setdefault(name, {})
+                for second, count in buckets.items():
+                    mine[second] = mine.get(second, 0) + count
+            raise
+        fields = answers[len(answers) - len(names):]
+        peers: dict[str, int] = {}
+        for name, found in zip(names, fields, strict=True):
+            edge = now - self._followed[name][0]
+            total = 0
+            for field, value in found.items():
+                second, _, process = field.decode().partition(":")
+                if process != self.process and int(second) + 1 > edge:
+                    total += int(value)
+            if total:
+                peers[name] = total
+        self._peers = peers
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.exchange()
+            except Exception as exc:  # Redis away: detection goes on with local counts
+                log.warning("anomaly_share_failed", error=repr(exc))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):  # the last counts, for the processes still running
+            await self.exchange()
