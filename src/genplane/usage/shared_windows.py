@@ -28,6 +28,7 @@ import math
 import os
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
 import structlog
@@ -54,7 +55,8 @@ class SharedWindows:
         #: This process in the hash fields: its own counts are never taken for a peer's.
         self.process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._pending: dict[str, dict[int, int]] = {}  # counter key -> second -> count
-        self._followed: dict[str, tuple[float, float]] = {}  # counter key -> (window, last seen)
+        # counter key -> (window, last seen), least recently seen first
+        self._followed: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._peers: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -68,11 +70,13 @@ class SharedWindows:
         buckets = self._pending.setdefault(name, {})
         second = int(now)
         buckets[second] = buckets.get(second, 0) + 1
-        if name not in self._followed and len(self._followed) >= MAX_COUNTERS:
-            oldest = min(self._followed, key=lambda k: self._followed[k][1])
-            del self._followed[oldest]
+        followed = self._followed
+        if name in followed:
+            followed.move_to_end(name)
+        elif len(followed) >= MAX_COUNTERS:
+            oldest, _ = followed.popitem(last=False)
             self._peers.pop(oldest, None)
-        self._followed[name] = (window, now)
+        followed[name] = (window, now)
 
     def peers(self, key_id: str, counter: str) -> int:
         """What the other processes counted within the window, as of the last exchange."""
