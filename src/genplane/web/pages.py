@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.responses import HTMLResponse, Response
 
-from genplane.catalog.fields import SPECIFIC_FIELDS, GenerationBody
+from genplane.catalog.fields import GenerationBody
 from genplane.catalog.loader import Catalog, ModelEntry
 from genplane.db.engine import Database
 from genplane.providers.base import ProviderAdapter
@@ -45,6 +45,9 @@ _STATIC_TYPES = {
     "models.js": "text/javascript; charset=utf-8",
     "favicon.svg": "image/svg+xml",
 }
+
+#: The create body's fields as JSON schema: descriptions and bounds of the model-specific ones.
+_BODY_FIELDS: dict[str, dict[str, Any]] = GenerationBody.model_json_schema()["properties"]
 
 #: provider id -> live state (healthy, recovering, degraded, or unknown when not configured here).
 ProviderStates = Callable[[], Awaitable[dict[str, str]]]
@@ -170,26 +173,25 @@ def _field_rows(model: ModelEntry) -> list[dict[str, str]]:
         }
     )
     for name in model.specific_schema:
-        field = GenerationBody.model_fields[name]
+        description = str(_BODY_FIELDS[name].get("description", "")).removeprefix("Model-specific: ")
         rows.append(
             {
                 "name": name,
-                "allowed": (field.description or "").removeprefix("Model-specific: ") + _bounds(field),
+                "allowed": description.rstrip(".") + _bounds(_BODY_FIELDS[name]),
                 "default": "none (model-specific)",
             }
         )
     return rows
 
 
-def _bounds(field: Any) -> str:
-    low = high = None
-    for item in getattr(field, "metadata", []):
-        low = getattr(item, "ge", low)
-        high = getattr(item, "le", high)
-        length = getattr(item, "max_length", None)
-        if length is not None:
-            return f" (at most {length} characters)"
-    return f" ({low} to {high})" if low is not None and high is not None else ""
+def _bounds(schema: dict[str, Any]) -> str:
+    """The bounds of an optional field's JSON schema (the non-null branch of its anyOf)."""
+    for branch in schema.get("anyOf", [schema]):
+        if "maxLength" in branch:
+            return f", at most {branch['maxLength']} characters"
+        if "minimum" in branch and "maximum" in branch:
+            return f", {branch['minimum']} to {branch['maximum']}"
+    return ""
 
 
 def _price(value: float) -> str:
@@ -232,7 +234,6 @@ def pages_router(catalog: Catalog, settings: Settings, provider_states: Provider
     static = _load_static()
     headers = _security_headers(content_security_policy(settings))
     base_url = settings.public_base_url.rstrip("/")
-    assert not set(SPECIFIC_FIELDS) - set(GenerationBody.model_fields)
 
     def render(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(**context)
@@ -283,6 +284,7 @@ def pages_router(catalog: Catalog, settings: Settings, provider_states: Provider
             title=model.model_identifier,
             model=model,
             fields=_field_rows(model),
+            price=pricing_summary(model),
             pricing=_pricing_rows(model),
             providers=providers_of(model, states),
             examples=build_examples(model, base_url),

@@ -74,6 +74,7 @@
       const slot = plotW / labels.length;
       const barW = Math.max(1, slot * 0.7);
       const every = Math.ceil(labels.length / 8);
+      const lastTick = labels.length - 1 - ((labels.length - 1) % every);
       labels.forEach(function (label, i) {
         let y = top + plotH;
         const x = left + i * slot + (slot - barW) / 2;
@@ -88,7 +89,8 @@
           rect.append(tip);
           root.append(rect);
         });
-        if (i % every === 0 || i === labels.length - 1) {
+        // Every few days, and the last (today) unless the previous tick is too close to it.
+        if (i % every === 0 || (i === labels.length - 1 && i - lastTick >= Math.max(2, every / 2))) {
           const text = svg('text', { x: (left + i * slot + slot / 2).toFixed(2), y: H - 8, 'text-anchor': 'middle', class: 'axis' });
           text.textContent = label.slice(5);
           root.append(text);
