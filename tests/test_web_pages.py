@@ -392,3 +392,18 @@ def test_pages_pass_the_firewall_and_v1_stays_guarded(served: tuple[Server, str]
         assert client.get("/v1/usage").json()["error"] == "bse_authentication_required"
         paths = client.get("/openapi.json").json()["paths"]
         assert all(p.startswith("/v1/") for p in paths)
+
+
+def test_the_wheel_ships_every_template_and_static_file() -> None:
+    """Each file of genplane/web/templates and static/ matches a package-data pattern of pyproject."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    package = root / "src" / "genplane"
+    files = [p for d in ("templates", "static") for p in (package / "web" / d).iterdir() if p.is_file()]
+    assert files
+    for path in files:
+        rel = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, pattern) for pattern in patterns["genplane"]), rel

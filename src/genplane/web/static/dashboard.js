@@ -36,11 +36,14 @@
     return node;
   }
 
-  function niceMax(value) {
-    if (value <= 0) { return 1; }
-    const power = Math.pow(10, Math.floor(Math.log10(value)));
-    const steps = [1, 2, 2.5, 5, 10];
-    for (const s of steps) { if (s * power >= value) { return s * power; } }
+  /* A round step for 4 grid lines above ``value`` (whole numbers for counts). */
+  function niceStep(value, whole) {
+    const raw = Math.max(value, whole ? 1 : 0.001) / 4;
+    const power = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const s of [1, 2, 2.5, 5, 10]) {
+      const step = s * power;
+      if (step >= raw && (!whole || Number.isInteger(step))) { return step; }
+    }
     return 10 * power;
   }
 
@@ -55,7 +58,8 @@
     const horizontal = !!options.horizontal;
     const decimals = options.decimals || 0;
     const totals = labels.map(function (_, i) { return series.reduce(function (sum, s) { return sum + (s.values[i] || 0); }, 0); });
-    const max = niceMax(Math.max.apply(null, totals.concat([0])));
+    const step = niceStep(Math.max.apply(null, totals.concat([0])), !decimals);
+    const max = step * 4;
     const summary = options.title + ': ' + labels.map(function (l, i) { return l + ' ' + fmt(totals[i], decimals); }).filter(function (_, i) { return totals[i] > 0; }).join(', ');
     const figure = el('figure', { className: 'chart', 'data-chart': options.id });
     figure.append(el('figcaption', { id: options.id + '-caption', text: options.title }));
@@ -68,13 +72,12 @@
         const y = top + plotH - (plotH * t) / 4;
         root.append(svg('line', { x1: left, x2: W - right, y1: y, y2: y, class: 'grid' }));
         const tick = svg('text', { x: left - 6, y: y + 4, 'text-anchor': 'end', class: 'axis' });
-        tick.textContent = fmt((max * t) / 4, decimals);
+        tick.textContent = fmt(step * t, decimals);
         root.append(tick);
       }
       const slot = plotW / labels.length;
       const barW = Math.max(1, slot * 0.7);
       const every = Math.ceil(labels.length / 8);
-      const lastTick = labels.length - 1 - ((labels.length - 1) % every);
       labels.forEach(function (label, i) {
         let y = top + plotH;
         const x = left + i * slot + (slot - barW) / 2;
@@ -89,8 +92,7 @@
           rect.append(tip);
           root.append(rect);
         });
-        // Every few days, and the last (today) unless the previous tick is too close to it.
-        if (i % every === 0 || (i === labels.length - 1 && i - lastTick >= Math.max(2, every / 2))) {
+        if ((labels.length - 1 - i) % every === 0) { // every few days, counted back from today
           const text = svg('text', { x: (left + i * slot + slot / 2).toFixed(2), y: H - 8, 'text-anchor': 'middle', class: 'axis' });
           text.textContent = label.slice(5);
           root.append(text);
