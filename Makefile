@@ -15,7 +15,7 @@ ifeq ($(REDIS_UP),1)
 export GENPLANE_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 endif
 
-.PHONY: run test install lint openapi bench clean
+.PHONY: run test install lint chromium openapi bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,12 @@ lint: install
 SCALED_TESTS = tests/test_generations.py tests/test_credits.py tests/test_idempotency.py \
 	tests/test_webhooks.py tests/test_firewall.py tests/test_rate_limits.py
 
-test: install lint
+# The browser-page tests drive Debian's Chromium (tests/test_web_pages.py); Playwright's own
+# browser download is never used.
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: install lint chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 	GENPLANE_TEST_CONFIG=scaled $(BIN)/python -m pytest -n 2 --dist loadfile $(SCALED_TESTS)
 
@@ -50,4 +55,4 @@ bench: install
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache test-artifacts

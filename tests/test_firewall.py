@@ -216,7 +216,7 @@ async def test_every_undeclared_method_of_every_path_is_route_not_found(
 @pytest.mark.parametrize(
     "path",
     [
-        "/",
+        "/index.html",  # "/" itself is the Playground (genplane.web)
         "/v1",
         "/v1/nope",
         "/v1/status/",

@@ -50,6 +50,7 @@ from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
 from genplane.usage.sequences import SequenceAnalytics
 from genplane.usage.shared_windows import SharedWindows
+from genplane.web.pages import PAGE_PATHS, PAGE_PREFIXES, live_provider_states, pages_router
 from genplane.webhooks.delivery import WebhookDispatcher
 
 log = structlog.get_logger("genplane")
@@ -153,6 +154,15 @@ def create_app(
         exposition = Exposition(BacklogCollector(services.db))
         app.include_router(metrics_router(settings.metrics_token, exposition))
 
+    # The browser pages (outside the contract and the document): genplane.web.
+    app.include_router(
+        pages_router(
+            services.catalog,
+            settings,
+            lambda: live_provider_states(services.db, services.catalog, services.providers),
+        )
+    )
+
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi_json() -> dict[str, Any]:
         return app_spec(app)
@@ -174,7 +184,8 @@ def create_app(
             store=svc.blocklist,
             usage=svc.usage,
             verify_key=svc.authenticator.account_of,
-            served_paths=[METRICS] if settings.metrics_token is not None else [],
+            served_paths=[*PAGE_PATHS, *([METRICS] if settings.metrics_token is not None else [])],
+            served_prefixes=PAGE_PREFIXES,
             probe_paths=PROBE_PATHS,
         )
     app.add_middleware(

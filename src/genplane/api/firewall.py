@@ -26,8 +26,9 @@ holds only requests without a working key: a key this process has not seen work 
 looked up (``verify_key``) and, if it works, judged as itself, so one abuser behind a
 NAT cannot lock out every tenant behind it.
 
-Outside the document, the app's own pages (the document, ``/docs``, stored files, and
-the ``/metrics`` scrape when it is on) are passed through after the blocks, as they are;
+Outside the document, the app's own pages (the document, ``/docs``, stored files, the
+browser pages of :mod:`genplane.web` and their static files, and the ``/metrics`` scrape
+when it is on) are passed through after the blocks, as they are, on GET and HEAD only;
 the orchestrator's probes (``/healthz``, ``/readyz``) are passed through before anything,
 blocks included: a load balancer probing from an address an abuser shares must still get
 the truth, and a probe is never counted as a rejection.
@@ -463,11 +464,15 @@ class FirewallMiddleware:
         verify_key: KeyVerifier | None = None,
         served_paths: Iterable[str] = (),
         probe_paths: Iterable[str] = (),
+        served_prefixes: Iterable[str] = (),
     ) -> None:
         """``served_paths``: more of the app's own GET paths outside the document (passed after
-        the blocks); ``probe_paths``: GET paths passed before anything (the orchestrator's)."""
+        the blocks), ``served_prefixes`` the same by prefix (never ``/v1/``); ``probe_paths``:
+        GET paths passed before anything (the orchestrator's)."""
         self.app = app
         self.whitelist = WHITELIST_PATHS | frozenset(served_paths) | frozenset(probe_paths)
+        self.prefixes = WHITELIST_PREFIXES + tuple(served_prefixes)
+        assert not any(p.startswith("/v1") for p in (*self.whitelist, *self.prefixes)), "the API is checked"
         self.probes = frozenset(probe_paths)
         self.verify_key = verify_key
         self.rules = rules
@@ -584,7 +589,7 @@ class FirewallMiddleware:
                 raise Rejection(ApiError("bse_payload_too_large"), "body_too_large")
 
         method: str = scope["method"]
-        if path in self.whitelist or path.startswith(WHITELIST_PREFIXES):
+        if path in self.whitelist or path.startswith(self.prefixes):
             if method in WHITELIST_METHODS:
                 return receive
         found = self.rules.match(path)
