@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from genplane.accounts import service as accounts
 from genplane.contract.errors import ERRORS
+from genplane.credits import alerts
 from genplane.db.models import Generation, UsageCounter
 from genplane.usage.recorder import UsageRecorder
 from tests.conftest import Caller, Harness
@@ -189,6 +190,7 @@ async def test_user_billing_balance_has_three_decimals(harness: Harness) -> None
         "billing_period_ends_at",
         "billing_created_at",
         "billing_updated_at",
+        "billing_low_balance_thresholds",  # genplane's addition
     }
     assert d["account_id"] == caller.account_id
     assert d["billing_credit_balance"] == 12.345
@@ -426,3 +428,16 @@ async def test_usage_generations_follow_the_period(harness: Harness, days: int) 
     d = success(await caller.get("/v1/usage", params={"days": days}))
     assert d["usage_total_generations"] == 1
     assert d["usage_period_days"] == days
+
+
+async def test_user_billing_lists_the_low_balance_thresholds(harness: Harness) -> None:
+    caller = await harness.caller(credits="12.345")
+    assert success(await caller.get("/v1/user/billing"))["billing_low_balance_thresholds"] == [
+        {"threshold": 0.5, "armed": True}  # every account starts with one
+    ]
+    await alerts.replace_thresholds(harness.services.db, caller.account_id, [20_000, 1_000])
+    d = success(await caller.get("/v1/user/billing"))
+    assert d["billing_low_balance_thresholds"] == [
+        {"threshold": 1.0, "armed": True},
+        {"threshold": 20.0, "armed": False},  # the balance is already below it
+    ]

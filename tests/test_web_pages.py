@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,6 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 30_000
 
-needs_chromium = pytest.mark.skipif(
-    shutil.which("chromium") is None and not Path(CHROMIUM).exists(),
-    reason="Debian's chromium is not installed (make chromium)",
-)
 
 
 # -- servers and the browser ------------------------------------------------------------------
@@ -69,8 +64,7 @@ def idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make chromium)")
+    assert Path(CHROMIUM).exists(), "Debian's chromium is not installed: make chromium (make test does)"
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -122,7 +116,6 @@ def choose_model(page: Any, identifier: str) -> None:
 # -- the Playground ---------------------------------------------------------------------------
 
 
-@needs_chromium
 def test_playground_generates_an_image_and_shows_it(page: Any, served: tuple[Server, str]) -> None:
     server, key = served
     console = Console(page)
@@ -161,7 +154,6 @@ def test_playground_generates_an_image_and_shows_it(page: Any, served: tuple[Ser
     console.expect_clean()
 
 
-@needs_chromium
 def test_playground_plays_a_video(page: Any, served: tuple[Server, str]) -> None:
     server, key = served
     console = Console(page)
@@ -186,7 +178,6 @@ def test_playground_plays_a_video(page: Any, served: tuple[Server, str]) -> None
     console.expect_clean()
 
 
-@needs_chromium
 def test_a_bad_key_shows_the_contracts_message_and_code(page: Any, served: tuple[Server, str]) -> None:
     server, _ = served
     console = Console(page)
@@ -207,7 +198,6 @@ def test_a_bad_key_shows_the_contracts_message_and_code(page: Any, served: tuple
     console.expect_clean(allowed=r"status of 401")
 
 
-@needs_chromium
 def test_cancel_and_delete_from_the_recent_list(page: Any, idle: tuple[Server, str]) -> None:
     server, key = idle
     console = Console(page)
@@ -295,7 +285,6 @@ def test_the_examples_match_the_sdks_shapes() -> None:
     assert "generation_duration: 1," in video.typescript
 
 
-@needs_chromium
 def test_a_model_page_in_the_browser(page: Any, served: tuple[Server, str]) -> None:
     server, _ = served
     console = Console(page)
@@ -314,7 +303,6 @@ def test_a_model_page_in_the_browser(page: Any, served: tuple[Server, str]) -> N
 # -- the dashboard ----------------------------------------------------------------------------
 
 
-@needs_chromium
 def test_the_dashboard_shows_charts_after_a_few_generations(page: Any, served: tuple[Server, str]) -> None:
     server, key = served
     headers = {"Authorization": f"Bearer {key}", "Prefer": "wait=30"}
@@ -333,6 +321,7 @@ def test_the_dashboard_shows_charts_after_a_few_generations(page: Any, served: t
     expect(page.locator('figure[data-chart="endpoints"] svg rect').first).to_be_attached()
     expect(page.locator("#providers")).to_contain_text("local")
     expect(page.locator("#account")).to_contain_text("Credit balance")
+    expect(page.locator("#account")).to_contain_text("0.500 (armed)")  # the account's default alert
     expect(page.locator("#endpoints")).to_contain_text("POST /v1/generate/image/{model_identifier}")
     page.get_by_label("30 days").check()
     expect(page.locator('figure[data-chart="generations"] svg')).to_be_visible()
@@ -341,7 +330,6 @@ def test_the_dashboard_shows_charts_after_a_few_generations(page: Any, served: t
     console.expect_clean()
 
 
-@needs_chromium
 def test_pages_fit_a_phone_in_light_and_dark(browser: Any, served: tuple[Server, str]) -> None:
     server, key = served
     for scheme in ("light", "dark"):

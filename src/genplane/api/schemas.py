@@ -120,6 +120,11 @@ class AccountData(BaseModel):
     account_created_at: str
 
 
+class LowBalanceThreshold(BaseModel):
+    threshold: float
+    armed: bool
+
+
 class BillingData(BaseModel):
     account_id: str
     billing_plan: str | None
@@ -131,6 +136,10 @@ class BillingData(BaseModel):
     billing_period_ends_at: str | None
     billing_created_at: str | None
     billing_updated_at: str | None
+    billing_low_balance_thresholds: list[LowBalanceThreshold] = Field(
+        description="genplane's addition: the balances below which a credits.low_balance event is sent, "
+        "lowest first; armed: not fired since the balance was last above it."
+    )
 
 
 class EstimateData(BaseModel):

@@ -13,6 +13,7 @@ from genplane.api.responses import errors, ok
 from genplane.api.schemas import AccountData, BillingData, Envelope, StatusData, UsageData
 from genplane.clock import iso
 from genplane.contract.errors import ApiError
+from genplane.credits.alerts import account_thresholds
 from genplane.credits.money import to_credits
 from genplane.db.models import Account
 from genplane.usage.report import usage_report
@@ -74,6 +75,7 @@ async def user_account(request: Request, auth: AccountRead) -> object:
 )
 async def user_billing(request: Request, auth: AccountRead) -> object:
     a = await _account(request, auth)
+    _, thresholds = await account_thresholds(services(request).db, a.id)
     return ok(
         request,
         {
@@ -87,5 +89,8 @@ async def user_billing(request: Request, auth: AccountRead) -> object:
             "billing_period_ends_at": iso(a.period_ends_at),
             "billing_created_at": iso(a.created_at),
             "billing_updated_at": iso(a.updated_at),
+            "billing_low_balance_thresholds": [
+                {"threshold": to_credits(t), "armed": armed} for t, armed in thresholds
+            ],
         },
     )

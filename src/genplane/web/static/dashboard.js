@@ -183,6 +183,12 @@
 
   async function load() {
     const seq = ++loadSeq;
+    function thresholdText(thresholds) {
+      if (!thresholds.length) { return 'none'; }
+      return thresholds.map(function (t) {
+        return G.credits(t.threshold) + (t.armed ? ' (armed)' : ' (fired)');
+      }).join(', ');
+    }
     const n = days();
     G.showError(errorBox, null);
     if (!G.hasKey()) {
@@ -202,6 +208,7 @@
       stats($('account'), [
         ['Account', a.account_name], ['Account id', a.account_id], ['Plan', b.billing_plan || '–'],
         ['Credit balance', G.credits(b.billing_credit_balance)], ['Currency', b.billing_currency || 'credits'],
+        ['Low-balance alerts', thresholdText(b.billing_low_balance_thresholds || [])],
       ]);
       const wasted = (u.usage_providers || []).reduce(function (s, p) { return s + p.wasted_estimated_cost; }, 0);
       stats($('totals'), [
