@@ -312,6 +312,19 @@ async def test_usage_counts_a_known_mix_of_requests(harness: Harness) -> None:
             "wasted_estimated_cost": 0.0,
         }
     ]
+    # The same, per UTC day (this test's requests fall on one day, two around midnight).
+    days = d["usage_days"]
+    assert 1 <= len(days) <= 2
+    summed = {k: sum(day[k] for day in days) for k in days[0] if k != "day"}
+    assert summed == {
+        "total_requests": 13,
+        "success_count": 7,
+        "client_error_count": 6,
+        "server_error_count": 0,
+        "provider_submissions": 2,
+        "estimated_cost": 0.004,
+        "wasted_estimated_cost": 0.0,
+    }
 
     # The usage call itself is counted once it is over: the next report shows it.
     again = endpoint_rows(success(await caller.get("/v1/usage")))
@@ -401,6 +414,9 @@ async def test_usage_period_excludes_older_days(harness: Harness, caller: Caller
     assert billing(success(await caller.get("/v1/usage", params={"days": 30}))) == 8
     assert billing(success(await caller.get("/v1/usage"))) == 8
     assert billing(success(await caller.get("/v1/usage", params={"days": 90}))) == 8
+    per_day = {d["day"]: d["total_requests"] for d in success(await caller.get("/v1/usage"))["usage_days"]}
+    assert per_day[old_day] == 7
+    assert list(per_day) == sorted(per_day)  # oldest first
 
 
 @pytest.mark.parametrize("days", [1, 30, 90])

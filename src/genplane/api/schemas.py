@@ -96,6 +96,17 @@ class UsageProvider(BaseModel):
     wasted_estimated_cost: float
 
 
+class UsageDay(BaseModel):
+    day: str  # YYYY-MM-DD, UTC
+    total_requests: int
+    success_count: int
+    client_error_count: int
+    server_error_count: int
+    provider_submissions: int
+    estimated_cost: float
+    wasted_estimated_cost: float
+
+
 class UsageData(BaseModel):
     account_id: str
     usage_period_days: int
@@ -109,6 +120,9 @@ class UsageData(BaseModel):
     usage_total_estimated_cost: float
     usage_endpoints: list[UsageEndpoint]
     usage_providers: list[UsageProvider]
+    usage_days: list[UsageDay] = Field(
+        description="genplane's addition: the same counts per UTC day (days with any), oldest first."
+    )
 
 
 class AccountData(BaseModel):

@@ -22,21 +22,45 @@ _OUTCOME_FIELD: dict[str, str] = {
 }
 
 
+def _day_of(column: Any, is_sqlite: bool) -> Any:
+    """A timestamp column's UTC day as 'YYYY-MM-DD' (SQLite keeps timestamps as ISO text)."""
+    if is_sqlite:
+        return func.substr(column, 1, 10)
+    return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")  # not the session's zone
+
+
+def _empty_day(day: str) -> dict[str, Any]:
+    return {
+        "day": day,
+        "total_requests": 0,
+        "success_count": 0,
+        "client_error_count": 0,
+        "server_error_count": 0,
+        "provider_submissions": 0,
+        "estimated_cost": 0,
+        "wasted_estimated_cost": 0,
+    }
+
+
 async def usage_report(db: Database, account_id: str, days: int) -> dict[str, Any]:
     since = utcnow() - timedelta(days=days)
     since_day = since.strftime("%Y-%m-%d")
+    attempt_day = _day_of(ProviderAttempt.started_at, db.is_sqlite)
     async with db.read() as s:
         balance = await s.scalar(select(Account.balance_millis).where(Account.id == account_id))
         counters = (
             await s.execute(
                 select(
+                    UsageCounter.day,
                     UsageCounter.endpoint,
                     UsageCounter.status_code,
                     UsageCounter.error_code,
                     func.sum(UsageCounter.count),
                 )
                 .where(UsageCounter.account_id == account_id, UsageCounter.day >= since_day)
-                .group_by(UsageCounter.endpoint, UsageCounter.status_code, UsageCounter.error_code)
+                .group_by(
+                    UsageCounter.day, UsageCounter.endpoint, UsageCounter.status_code, UsageCounter.error_code
+                )
             )
         ).all()
         generations = await s.scalar(
@@ -47,18 +71,20 @@ async def usage_report(db: Database, account_id: str, days: int) -> dict[str, An
         attempts = (
             await s.execute(
                 select(
+                    attempt_day,
                     ProviderAttempt.provider,
                     ProviderAttempt.outcome,
                     func.count(),
                     func.sum(ProviderAttempt.estimated_cost_millis),
                 )
                 .where(ProviderAttempt.account_id == account_id, ProviderAttempt.started_at >= since)
-                .group_by(ProviderAttempt.provider, ProviderAttempt.outcome)
+                .group_by(attempt_day, ProviderAttempt.provider, ProviderAttempt.outcome)
             )
         ).all()
 
     endpoints: dict[str, dict[str, Any]] = {}
-    for endpoint, status, error_code, count in counters:
+    per_day: dict[str, dict[str, Any]] = {}
+    for day, endpoint, status, error_code, count in counters:
         e = endpoints.setdefault(
             endpoint,
             {
@@ -71,20 +97,25 @@ async def usage_report(db: Database, account_id: str, days: int) -> dict[str, An
             },
         )
         n = int(count or 0)
-        e["total_requests"] += n
-        if status < 400:
-            e["success_count"] += n
-        elif status < 500:
-            e["client_error_count"] += n
-        else:
-            e["server_error_count"] += n
+        d = per_day.get(day) or per_day.setdefault(day, _empty_day(day))
+        outcome = "success_count" if status < 400 else "client_error_count"
+        if status >= 500:
+            outcome = "server_error_count"
+        for row in (e, d):
+            row["total_requests"] += n
+            row[outcome] += n
         if error_code:  # stored by name; the contract keys these by registry code
             spec = ERRORS.get(error_code)
             code = spec.code if spec is not None else error_code
             e["error_codes"][code] = e["error_codes"].get(code, 0) + n
 
     providers: dict[str, dict[str, Any]] = {}
-    for provider, outcome, count, cost in attempts:
+    for day, provider, outcome, count, cost in attempts:
+        d = per_day.get(day) or per_day.setdefault(day, _empty_day(day))
+        d["provider_submissions"] += int(count)
+        d["estimated_cost"] += int(cost or 0)
+        if outcome in (AttemptOutcome.CANCELED, AttemptOutcome.DISCARDED):
+            d["wasted_estimated_cost"] += int(cost or 0)
         p = providers.setdefault(
             provider,
             {
@@ -124,4 +155,12 @@ async def usage_report(db: Database, account_id: str, days: int) -> dict[str, An
         "usage_total_estimated_cost": round(sum(p["total_estimated_cost"] for p in provider_rows), 3),
         "usage_endpoints": ep_rows,
         "usage_providers": sorted(provider_rows, key=lambda p: p["provider"]),
+        "usage_days": [
+            {
+                **d,
+                "estimated_cost": to_credits(d["estimated_cost"]),
+                "wasted_estimated_cost": to_credits(d["wasted_estimated_cost"]),
+            }
+            for _, d in sorted(per_day.items())
+        ],
     }
