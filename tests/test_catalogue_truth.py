@@ -97,7 +97,9 @@ models:
     providers:
       local:
         model_id: preview-video
-        cost: {{per_second: {{720p_audio: 0.4}}, always_audio: true, source: "https://example.com/p", checked: 2026-12-02}}
+        cost:
+          {{per_second: {{720p_audio: 0.4}}, always_audio: true, source: "https://example.com/p",
+           checked: 2026-12-02}}
 """
     with pytest.raises(ValueError, match=r"costs 3.2 but is priced 1.6 .*720p, 8 s\)"):
         load_catalog(catalogue(tmp_path, text.format(silent=0.2)))
@@ -107,7 +109,8 @@ models:
 def test_costs_in_the_providers_units_are_exact() -> None:
     tiles = BindingCost(per_tile=0.007, per_step=0.00013, steps=40, output_sizes={"16:9": "1376x768"},
                         source=PROVIDER, checked=dt.date(2026, 12, 2))
-    assert cost_of(tiles, CostRequest(ratio="16:9", outputs=2)) == Decimal("0.0944")  # 2 x (6 x 0.007 + 40 x 0.00013)
+    # 2 x (6 x 0.007 + 40 x 0.00013)
+    assert cost_of(tiles, CostRequest(ratio="16:9", outputs=2)) == Decimal("0.0944")
     mp = BindingCost(per_megapixel=0.03, per_extra_megapixel=0.015, output_sizes={"1:1": "1024x1024"},
                      source=PROVIDER, checked=dt.date(2026, 12, 2))
     assert cost_of(mp, CostRequest(ratio="1:1")) == Decimal("0.03")
@@ -177,7 +180,8 @@ async def test_routing_skips_a_binding_that_would_lose_money(
     body = {"generation_prompt": "waves", "generation_duration": 1}
     cheap = await caller.post("/v1/generate/video/test/offer", json={**body, "generation_resolution": "480p"})
     assert cheap.status_code == 200, cheap.text
-    costly = await caller.post("/v1/generate/video/test/offer", json={**body, "generation_resolution": "720p"})
+    path = "/v1/generate/video/test/offer"
+    costly = await caller.post(path, json={**body, "generation_resolution": "720p"})
     assert costly.status_code >= 400, costly.text
     assert "bse_provider_unavailable" in costly.text and "cost more than this request" in costly.text
 

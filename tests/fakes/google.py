@@ -58,7 +58,8 @@ STATUS = {
 #: /deprecations): those are in ARCHIVED_MODELS, for tests of the adapter's protocol paths.
 #: Any other id is a 404 NOT_FOUND "models/<id> is not found for API version v1beta".
 SERVED_MODELS = frozenset({
-    "gemini-3.1-flash-image", "gemini-3-pro-image", "veo-3.1-generate-preview", "veo-3.1-fast-generate-preview",
+    "gemini-3.1-flash-image", "gemini-3-pro-image",
+    "veo-3.1-generate-preview", "veo-3.1-fast-generate-preview",
 })
 ARCHIVED_MODELS = frozenset({
     "imagen-4.0-generate-001", "imagen-4.0-ultra-generate-001", "imagen-4.0-fast-generate-001",

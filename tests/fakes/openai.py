@@ -46,7 +46,9 @@ VIDEO_SIZES = {
 #: 404 ``model_not_found``. Tests of the adapter's older protocol paths opt in to those ids.
 SERVED_MODELS = frozenset({"gpt-image-2.6-sunburst", "gpt-image-2.6-flare"})
 #: The ids served before the shutdowns above, for tests of the adapter's protocol handling.
-ARCHIVED_MODELS = frozenset({"gpt-image-1", "gpt-image-1-mini", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro"})
+ARCHIVED_MODELS = frozenset(
+    {"gpt-image-1", "gpt-image-1-mini", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro"}
+)
 
 @functools.cache
 def video_bytes() -> bytes:

@@ -30,7 +30,10 @@ VERSION = "2024-11-06"
 #: The models Runway's API serves that the catalogue and the tests name
 #: (https://docs.dev.runwayml.com/api/, read 2026-12-02). Another ``model`` fails the body's
 #: validation: 400 {"error": "Validation of body failed", "issues": [...]}.
-SERVED_MODELS = frozenset({"gen4_image", "gen4_image_turbo", "gen4_turbo", "gen4_aleph", "veo3", "veo3.1", "gen3a_turbo", "gemini_image3_pro"})
+SERVED_MODELS = frozenset({
+    "gen4_image", "gen4_image_turbo", "gen4_turbo", "gen4_aleph", "veo3", "veo3.1", "gen3a_turbo",
+    "gemini_image3_pro",
+})
 
 @dataclass
 class Task:

@@ -83,7 +83,7 @@ class BindingCost(BaseModel):
     def unit(self) -> Literal["per_output", "per_second", "per_tile", "per_megapixel", "per_million_tokens"]:
         for name in ("per_output", "per_second", "per_tile", "per_megapixel", "per_million_tokens"):
             if getattr(self, name) is not None:
-                return name  # type: ignore[return-value]
+                return name
         raise AssertionError("validated: one unit is set")
 
     @model_validator(mode="after")

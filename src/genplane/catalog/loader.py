@@ -327,7 +327,9 @@ def _read(path: Path, key: str) -> list[dict[str, object]]:
     return items
 
 
-def load_catalog(extra_dir: Path | None = None, *, today: dt.date | None = None, strict: bool = True) -> Catalog:
+def load_catalog(
+    extra_dir: Path | None = None, *, today: dt.date | None = None, strict: bool = True
+) -> Catalog:
     """Read the packaged catalogue plus any ``*.yaml`` files of ``extra_dir`` (same format).
 
     ``strict`` (the server's way) refuses a catalogue with a binding that loses money on

@@ -28,7 +28,9 @@ from genplane.catalog.loader import (
 )
 from genplane.settings import get_settings
 
-catalog_app = typer.Typer(no_args_is_help=True, help="The model catalogue: prices, provider costs, lifetimes.")
+catalog_app = typer.Typer(
+    no_args_is_help=True, help="The model catalogue: prices, provider costs, lifetimes."
+)
 
 
 def _money(value: Decimal) -> str:
@@ -99,7 +101,9 @@ def report(catalog: Catalog, today: dt.date, days: int) -> tuple[list[str], bool
 
 @catalog_app.command("check")
 def check(
-    days: Annotated[int, typer.Option(min=0, help="Warn about retire_after dates this many days ahead.")] = 30,
+    days: Annotated[
+        int, typer.Option(min=0, help="Warn about retire_after dates this many days ahead.")
+    ] = 30,
     catalog_dir: Annotated[
         Path | None, typer.Option(help="Extra catalogue files (default: GENPLANE_CATALOG_DIR).")
     ] = None,

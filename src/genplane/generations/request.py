@@ -231,7 +231,8 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
         raise invalid_input("generation_input_file", message)
     most = schema.generation_input_file_max
     if most is not None and len(body.generation_input_file or []) > most:
-        raise _out_of_range("generation_input_file", len(body.generation_input_file or []), f"1..{most} images")
+        count = len(body.generation_input_file or [])
+        raise _out_of_range("generation_input_file", count, f"1..{most} images")
     for url in body.generation_input_file or []:
         _check_url("generation_input_file", url)
     if body.generation_input_file_last_content:

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select
 
 from genplane.accounts.service import AuthContext
-from genplane.catalog.loader import Catalog
 from genplane.catalog.costs import CostRequest
+from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import binding_refusal, generation_cost_millis
 from genplane.clock import utcnow
 from genplane.contract.envelope import dumps, success_body

@@ -140,7 +140,9 @@ class ProviderChain:
                 errors.append(provider_error_entry(provider_id, "bse_provider_unavailable", message, True))
                 continue
             if not binding.live_on(utcnow().date()):  # admitted before its retire_after passed
-                message = f"{provider_id} stopped serving {model.model_identifier} after {binding.retire_after}."
+                message = (
+                    f"{provider_id} stopped serving {model.model_identifier} after {binding.retire_after}."
+                )
                 errors.append(provider_error_entry(provider_id, "bse_provider_unavailable", message, False))
                 continue
             job = self.job(gen, model, binding, inputs, last_frame)
