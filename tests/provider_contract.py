@@ -279,7 +279,9 @@ BFL = ProviderCase[bfl.FakeBfl, BflAdapter](
 
 def _openai_fake() -> openai.FakeOpenAI:
     openai.video_bytes()  # render the fake's MP4 once, outside any request's timeout
-    return openai.FakeOpenAI()
+    # The adapter's protocol tests drive ids OpenAI has since shut down (DALL-E, gpt-image-1,
+    # Sora): the fake serves them here only; elsewhere it refuses them as OpenAI does now.
+    return openai.FakeOpenAI(served_models=openai.SERVED_MODELS | openai.ARCHIVED_MODELS)
 
 
 OPENAI = ProviderCase[openai.FakeOpenAI, OpenAIAdapter](
@@ -383,7 +385,8 @@ BYTEPLUS_SEEDREAM = BYTEPLUS.synchronous(
 
 def _google_fake() -> google.FakeGoogle:
     google.video_bytes()  # render the fake's MP4 once, outside any request's timeout
-    return google.FakeGoogle()
+    # As for OpenAI: protocol tests of Imagen, Gemini 2.5 image and Veo 3.0, ids since shut down.
+    return google.FakeGoogle(served_models=google.SERVED_MODELS | google.ARCHIVED_MODELS)
 
 
 GOOGLE = ProviderCase[google.FakeGoogle, GoogleAdapter](

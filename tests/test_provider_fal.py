@@ -69,13 +69,13 @@ async def test_ratios_without_a_preset_are_sent_as_width_and_height(rig: Rig) ->
 
 
 async def test_catalogue_overrides(rig: Rig) -> None:
-    job = image_job(native_model_id="fal-ai/imagen4/preview", output_number=1, output_format="png",
+    job = image_job(native_model_id="fal-ai/ideogram/v3", output_number=1, output_format="png",
                     field_names={"generation_ratio": "aspect_ratio", "generation_negative_prompt": ""},
                     value_maps={"generation_output_format": {"png": "PNG"}},
                     params={"enable_safety_checker": True, "safety_tolerance": "2"},
                     inputs=[picture("https://img.example/ref.png")])
     await rig.adapter().submit(job)
-    assert rig.fake.submitted[0]["path"] == "/fal-ai/imagen4/preview"
+    assert rig.fake.submitted[0]["path"] == "/fal-ai/ideogram/v3"
     assert rig.fake.submitted[0]["body"] == {
         "prompt": "a lighthouse at dusk",
         "aspect_ratio": "16:9",

@@ -29,6 +29,15 @@ ASYNC_SERVICES = (
 )
 
 
+#: The Model Studio model ids the catalogue and the tests name
+#: (https://www.alibabacloud.com/help/en/model-studio/models, read 2026-12-02). Any other id is
+#: refused as DashScope does: 400 InvalidParameter "Model not exist.".
+SERVED_MODELS = frozenset({
+    "qwen-image-plus", "qwen-image", "wan2.5-t2i-preview", "wan2.5-t2v-preview", "wan2.2-t2v-plus",
+    "wan2.5-i2v-preview", "wan2.2-t2i-flash", "wan2.2-i2v-plus", "qwen-image-edit", "wan2.1-kf2v-plus",
+    "wan2.2-i2v-flash", "wan2.2-t2i-plus", "wan2.5-i2i-preview",
+})
+
 def ds_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"request_id": str(uuid.uuid4()), "code": code, "message": message},
                         status_code=status, headers=headers)
@@ -49,6 +58,7 @@ class SeenCall:
 @dataclass
 class FakeDashScope:
     api_key: str = "sk-test-key"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     queued_polls: int = 0  # polls answered PENDING
     running_polls: int = 0  # then polls answered RUNNING
     fail_submit: int = 0  # answer 500 to this many submits first
@@ -101,6 +111,8 @@ class FakeDashScope:
         self.calls.append(SeenCall(request.method, request.url.path, dict(request.headers), body))
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return ds_error(401, "InvalidApiKey", "Invalid API-key provided.")
+        if kind == "submit" and isinstance(body, dict) and body.get("model") not in self.served_models:
+            return ds_error(400, "InvalidParameter", "Model not exist.")
         if self.rate_limit > 0:
             self.rate_limit -= 1
             message = "Requests rate limit exceeded, please try again later."

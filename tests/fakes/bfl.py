@@ -47,6 +47,13 @@ def validation_errors(model: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return errors
 
 
+#: The endpoints BFL serves that the catalogue and the tests name (https://docs.bfl.ai, read
+#: 2026-12-02). Any other ``POST /v1/<model>`` is FastAPI's 404 {"detail": "Not Found"}.
+SERVED_MODELS = frozenset({
+    "flux-dev", "flux-pro-1.1", "flux-pro-1.1-ultra", "flux-kontext-pro", "flux-kontext-max",
+    "flux-2-pro", "flux-2-flex", "flux-pro", "flux-pro-1.0-fill", "flux-2-max", "flux-2-klein-9b",
+})
+
 @dataclass
 class Task:
     id: str
@@ -58,6 +65,7 @@ class Task:
 @dataclass
 class FakeBfl:
     host: str = "api.bfl.test"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     region_host: str = "api.us1.bfl.test"  # where polling_url points, as the global host does
     cdn_host: str = "delivery.bfl.test"
     key: str = "bfl-test-key"
@@ -104,6 +112,8 @@ class FakeBfl:
     async def _submit(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"detail": "Not authenticated - Invalid Authentication"}, status_code=403)
+        if request.path_params["model"] not in self.served_models:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
         body = await request.json()
         self.submissions.append(
             {"path": request.url.path, "headers": dict(request.headers), "body": body}

@@ -24,6 +24,14 @@ HOST = "ark.fake-byteplus.test"
 CDN_HOST = "cdn.fake-byteplus.test"
 
 
+#: The model ids ModelArk serves that the catalogue and the tests name
+#: (https://docs.byteplus.com/en/docs/ModelArk/1330310, read 2026-12-02). Any other id is
+#: refused as the real service does: 404 InvalidEndpointOrModel.NotFound.
+SERVED_MODELS = frozenset({
+    "seedream-4-0-250828", "seedream-4-5-251128", "seedream-3-0-t2i-250415",
+    "seedance-1-0-pro-250528", "seedance-1-0-lite-t2v-250428", "seedance-1-0-lite-i2v-250428",
+})
+
 def ark_error(status: int, code: str, message: str, type_: str = "BadRequest",
               headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"code": code, "message": f"{message} Request id: 0217fake", "param": "", "type": type_}}
@@ -72,6 +80,7 @@ class SeenCall:
 @dataclass
 class FakeBytePlus:
     api_key: str = "ark-test-key"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     # slow jobs: a task is queued for this many polls, then running for this many
     queued_polls: int = 0
     running_polls: int = 0
@@ -124,6 +133,11 @@ class FakeBytePlus:
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return ark_error(401, "AuthenticationError", "The API key in the request is missing or invalid.",
                              "Unauthorized")
+        if kind == "submit" and isinstance(body, dict) and body.get("model") not in self.served_models:
+            model = body.get("model")
+            return ark_error(404, "InvalidEndpointOrModel.NotFound",
+                             f"The model or endpoint {model} does not exist or you do not have access to it.",
+                             "NotFound")
         if self.rate_limit > 0:
             self.rate_limit -= 1
             return ark_error(429, "RateLimitExceeded.EndpointRPMExceeded", "Too many requests.",

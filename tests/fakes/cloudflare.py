@@ -43,6 +43,10 @@ JSON_MODELS = {
 MULTIPART_MODELS = {"@cf/black-forest-labs/flux-2-dev", "@cf/black-forest-labs/flux-2-klein-9b"}
 
 
+#: Every model the fake serves (https://developers.cloudflare.com/workers-ai/models/, read
+#: 2026-12-02); any other id answers 400 with error 5007 "No such model", as the real API does.
+SERVED_MODELS = frozenset(BINARY_MODELS) | frozenset(JSON_MODELS)
+
 def envelope_error(
     status: int, code: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -83,6 +87,7 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], Fil
 @dataclass
 class FakeCloudflare:
     token: str = "cf-test-token"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     account_id: str = "acc0123456789"
 
     # switches
@@ -146,7 +151,7 @@ class FakeCloudflare:
                 429, 3036,
                 "Account limited: you have used up your daily free allocation of 10,000 neurons.",
             )
-        if model not in BINARY_MODELS and model not in JSON_MODELS:
+        if model not in self.served_models:
             return envelope_error(400, 5007, f"No such model {model} or task")
         if model in MULTIPART_MODELS and not content_type.startswith("multipart/form-data"):
             return envelope_error(400, 5006, "AiError: Bad input: required properties at '/' are 'multipart'")

@@ -44,9 +44,24 @@ def app_of(endpoint: str) -> str:
     return "/".join(parts[:3] if parts[0] in NAMESPACES else parts[:2])
 
 
+#: The endpoints fal serves that the catalogue and the tests name, each on its model page
+#: (https://fal.ai/models/<endpoint>, read 2026-12-02). Submitting to another answers 404
+#: {"detail": "Application not found"}.
+SERVED_MODELS = frozenset({
+    "fal-ai/flux/schnell", "fal-ai/flux/dev", "fal-ai/flux-pro/v1.1", "fal-ai/flux-pro/v1.1-ultra",
+    "fal-ai/bytedance/seedream/v4/text-to-image", "fal-ai/bytedance/seedream/v4/edit",
+    "fal-ai/bytedance/seedream/v3/text-to-image", "fal-ai/qwen-image", "fal-ai/ideogram/v3",
+    "fal-ai/recraft/v3/text-to-image", "fal-ai/bytedance/seedance/v1/pro/text-to-video",
+    "fal-ai/bytedance/seedance/v1/pro/image-to-video", "fal-ai/bytedance/seedance/v1/lite/text-to-video",
+    "fal-ai/veo3", "fal-ai/veo3/image-to-video", "fal-ai/veo3/fast", "fal-ai/veo3/fast/image-to-video",
+    "fal-ai/kling-video/v2.1/master/text-to-video", "fal-ai/wan-25-preview/text-to-video",
+    "fal-ai/minimax/hailuo-02/standard/text-to-video", "fal-ai/minimax/hailuo-02/pro/text-to-video",
+})
+
 @dataclass
 class FakeFal:
     key: str = "fal-key-id:fal-key-secret"
+    served_models: frozenset[str] = SERVED_MODELS  # endpoints the provider serves
     queued_polls: int = 0  # polls answering IN_QUEUE
     running_polls: int = 0  # then polls answering IN_PROGRESS
     submit_error_status: int | None = None
@@ -83,6 +98,8 @@ class FakeFal:
             return JSONResponse({"detail": "Invalid authentication credentials."}, status_code=401)
         path = request.path_params["path"].strip("/")
         if request.method == "POST" and "/requests/" not in f"/{path}/":
+            if path not in self.served_models:
+                return JSONResponse({"detail": "Application not found"}, status_code=404)
             return await self._submit(request, path)
         prefix, sep, rest = path.partition("/requests/")
         pieces = rest.split("/")

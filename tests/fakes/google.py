@@ -52,6 +52,21 @@ STATUS = {
 }
 
 
+#: The Gemini API model ids the fake serves (https://ai.google.dev/gemini-api/docs/models, read
+#: 2026-12-02). Imagen 4 was shut down on 2026-08-17, veo-3.0-* on 2026-06-30 and
+#: gemini-2.5-flash-image on 2026-10-02 (https://ai.google.dev/gemini-api/docs/changelog and
+#: /deprecations): those are in ARCHIVED_MODELS, for tests of the adapter's protocol paths.
+#: Any other id is a 404 NOT_FOUND "models/<id> is not found for API version v1beta".
+SERVED_MODELS = frozenset({
+    "gemini-3.1-flash-image", "gemini-3-pro-image",
+    "veo-3.1-generate-preview", "veo-3.1-fast-generate-preview",
+})
+ARCHIVED_MODELS = frozenset({
+    "imagen-4.0-generate-001", "imagen-4.0-ultra-generate-001", "imagen-4.0-fast-generate-001",
+    "gemini-2.5-flash-image", "veo-3.0-generate-001", "veo-3.0-fast-generate-001",
+    "gemini-3-pro-image-preview", "gemini-3.1-flash-image-preview",
+})
+
 @functools.cache
 def video_bytes() -> bytes:
     return mp4_bytes(1)
@@ -78,6 +93,7 @@ class Operation:
 @dataclass
 class FakeGoogle:
     host: str = "generativelanguage.googleapis.test"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     storage_host: str = "storage.googleusercontent.test"
     key: str = "AIza-test-key"
 
@@ -199,6 +215,10 @@ class FakeGoogle:
         )
         if (failure := await self._failure()) is not None:
             return failure
+        if model not in self.served_models:
+            return error(
+                404, f"models/{model} is not found for API version v1beta, or is not supported for {method}."
+            )
         if method == "predict" and model.startswith("imagen-"):
             return self._imagen(body)
         if method == "generateContent" and model.startswith("gemini-"):

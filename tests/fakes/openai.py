@@ -40,6 +40,16 @@ VIDEO_SIZES = {
 }
 
 
+#: The image models the Images API serves as of 2026-12-02: dall-e-3 and gpt-image-1 were
+#: shut down, gpt-image-1-mini on 2026-12-01, and the Videos API (Sora 2) on 2026-09-24
+#: (https://developers.openai.com/api/docs/deprecations, read 2026-12-02). Any other id is a
+#: 404 ``model_not_found``. Tests of the adapter's older protocol paths opt in to those ids.
+SERVED_MODELS = frozenset({"gpt-image-2.6-sunburst", "gpt-image-2.6-flare"})
+#: The ids served before the shutdowns above, for tests of the adapter's protocol handling.
+ARCHIVED_MODELS = frozenset(
+    {"gpt-image-1", "gpt-image-1-mini", "dall-e-3", "dall-e-2", "sora-2", "sora-2-pro"}
+)
+
 @functools.cache
 def video_bytes() -> bytes:
     return mp4_bytes(1)
@@ -93,6 +103,7 @@ class Video:
 @dataclass
 class FakeOpenAI:
     host: str = "api.openai.test"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     cdn_host: str = "images.openai.test"
     key: str = "sk-test-key"
 
@@ -156,6 +167,12 @@ class FakeOpenAI:
                          code="invalid_api_key")
         return None
 
+    def _unknown_model(self, model: str) -> Response | None:
+        if model in self.served_models:
+            return None
+        return error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                     code="model_not_found")
+
     async def _creation_failure(self) -> Response | None:
         if self.hang_submit:
             await asyncio.sleep(3600)
@@ -183,6 +200,8 @@ class FakeOpenAI:
         if (failure := await self._creation_failure()) is not None:
             return failure
         model = str(params.get("model", "dall-e-2"))
+        if (unknown := self._unknown_model(model)) is not None:
+            return unknown
         if self.moderate_submit:
             if model.startswith("dall-e"):
                 return error(400, "Your request was rejected as a result of our safety system.",
@@ -229,6 +248,8 @@ class FakeOpenAI:
         if self.moderate_submit:
             return error(400, "Your request was blocked by our moderation system.", code="moderation_blocked")
         model = str(params.get("model", "sora-2"))
+        if (unknown := self._unknown_model(model)) is not None:
+            return unknown
         seconds, size = params.get("seconds", "4"), str(params.get("size", "720x1280"))
         if seconds not in ("4", "8", "12"):
             return error(400, f"Invalid value: '{seconds}'. Supported values are: '4', '8', and '12'.",

@@ -28,6 +28,19 @@ CDN_HOST = "replicate.delivery"
 NSFW_ERROR = "NSFW content detected. Try running it again, or try a different prompt."
 
 
+#: The official models the fake serves: those the catalogue and the tests name, each
+#: listed on its model page (https://replicate.com/<owner>/<name>, read 2026-12-02).
+SERVED_MODELS = frozenset({
+    "black-forest-labs/flux-schnell", "black-forest-labs/flux-dev", "black-forest-labs/flux-1.1-pro",
+    "black-forest-labs/flux-1.1-pro-ultra", "black-forest-labs/flux-kontext-pro",
+    "black-forest-labs/flux-kontext-max", "black-forest-labs/flux-2-pro", "bytedance/seedream-4",
+    "bytedance/seedream-3", "google/nano-banana", "qwen/qwen-image", "runwayml/gen4-image",
+    "ideogram-ai/ideogram-v3-turbo", "recraft-ai/recraft-v3", "bytedance/seedance-1-pro",
+    "bytedance/seedance-1-lite", "google/veo-3", "google/veo-3-fast", "kwaivgi/kling-v2.1-master",
+    "minimax/hailuo-02",
+})
+
+
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"title": title, "detail": detail, "status": status, **extra}, status_code=status)
 
@@ -35,6 +48,7 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 @dataclass
 class FakeReplicate:
     token: str = "r8_fake_token"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
     # Lifecycle: this many polls answer "starting", then this many "processing", then done.
     queued_polls: int = 0
     running_polls: int = 0
@@ -99,8 +113,14 @@ class FakeReplicate:
         if self.malformed_submits > 0:
             self.malformed_submits -= 1
             return Response(b'{"id": "oops', status_code=201, media_type="application/json")
-        body = orjson.loads(await request.body())
         official = "owner" in request.path_params
+        if official:
+            name = f"{request.path_params['owner']}/{request.path_params['name']}"
+            if name not in self.served_models:
+                # An unknown (or deleted) official model is a plain 404 problem document
+                # (https://replicate.com/docs/reference/http#models.predictions.create, read 2026-12-02).
+                return problem(404, "Not found", "The requested resource could not be found.")
+        body = orjson.loads(await request.body())
         if not isinstance(body.get("input"), dict) or (not official and not body.get("version")):
             return problem(422, "Input validation failed", "- input: Invalid type. Expected: object")
         self.created.append({"path": request.url.path, "body": body})

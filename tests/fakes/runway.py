@@ -27,6 +27,14 @@ CDN_HOST = "cdn.runway.test"
 VERSION = "2024-11-06"
 
 
+#: The models Runway's API serves that the catalogue and the tests name
+#: (https://docs.dev.runwayml.com/api/, read 2026-12-02). Another ``model`` fails the body's
+#: validation: 400 {"error": "Validation of body failed", "issues": [...]}.
+SERVED_MODELS = frozenset({
+    "gen4_image", "gen4_image_turbo", "gen4_turbo", "gen4_aleph", "veo3", "veo3.1", "gen3a_turbo",
+    "gemini_image3_pro",
+})
+
 @dataclass
 class Task:
     id: str
@@ -47,6 +55,7 @@ class SeenCall:
 @dataclass
 class FakeRunway:
     key: str = "key_runway_test"
+    served_models: frozenset[str] = SERVED_MODELS  # ids the provider serves
 
     # switches
     queued_polls: int = 0  # polls answered PENDING ...
@@ -122,6 +131,8 @@ class FakeRunway:
             message = "You do not have enough credits to run this task."
             return JSONResponse({"error": message}, status_code=400)
         issues = self._issues(request.url.path, body)
+        if "model" in body and body["model"] not in self.served_models:
+            issues.append({"path": ["model"], "message": f"Invalid enum value. Received '{body['model']}'"})
         if issues:
             return JSONResponse({"error": "Validation of body failed", "issues": issues}, status_code=400)
         task = Task(str(uuid.uuid4()), request.url.path, body)

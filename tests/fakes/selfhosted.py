@@ -77,6 +77,9 @@ class FakeSelfHosted:
     host: str = "gpu.selfhosted.test"
     key: str | None = None
     checkpoints: tuple[str, ...] = ("sd_xl_base_1.0.safetensors", "juggernautXL_v9.safetensors")
+    # The names its OpenAI-compatible endpoint serves (an unknown one is a 404 model_not_found,
+    # as OpenAI-compatible servers answer); ComfyUI refuses an unknown checkpoint instead.
+    served_models: tuple[str, ...] = ("sdxl",)
 
     # switches
     pending_polls: int = 0  # ComfyUI history polls while the prompt waits in the queue ...
@@ -173,6 +176,8 @@ class FakeSelfHosted:
         params: dict[str, Any] = seen["json"] or dict(seen["form"] or {})
         if (failure := await self._failure()) is not None:
             return failure
+        if "model" in params and params["model"] not in self.served_models:
+            return error(404, f"The model `{params['model']}` does not exist.", "model_not_found")
         if self.moderate_submit:
             return error(400, "The prompt was flagged by the safety checker.", "content_policy_violation")
         try:

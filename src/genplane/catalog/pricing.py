@@ -7,9 +7,11 @@ per-second price of 0.0015 to 0.002 first would overcharge a two-second clip by 
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
-from genplane.catalog.loader import ModelEntry
+from genplane.catalog.costs import CostRequest, cost_of
+from genplane.catalog.loader import ModelEntry, ProviderBinding
 from genplane.contract.errors import ApiError
 from genplane.credits.money import to_millis
 
@@ -63,3 +65,29 @@ def delivered_cost_millis(
         model, outputs=delivered, duration=duration, resolution=resolution, audio=audio
     )
     return min(share, reserved_millis)
+
+
+def binding_refusal(
+    model: ModelEntry,
+    provider: str,
+    request: CostRequest,
+    reserved_millis: int,
+    today: dt.date,
+) -> str | None:
+    """Why routing must not send ``request`` to ``provider`` (None: it may).
+
+    A binding past its ``retire_after`` is gone; one whose provider bills more for this
+    request than the tenant's reservation would be paid for by the deployment (the loader
+    only admits such a binding with ``loss_ok``, for the requests where it does not lose).
+    """
+    binding: ProviderBinding | None = model.providers.get(provider)
+    if binding is None:
+        return None
+    if not binding.live_on(today):
+        return f"{provider} stopped serving {model.model_identifier} after {binding.retire_after}."
+    if binding.cost is None:
+        return None
+    cost = cost_of(binding.cost, request)
+    if cost * 1000 > reserved_millis:
+        return f"{provider} would cost more than this request's price."
+    return None

@@ -15,6 +15,7 @@ from rich.table import Table
 from genplane.accounts import service as accounts
 from genplane.accounts.scopes import PRESETS, parse_scopes
 from genplane.catalog.loader import load_catalog
+from genplane.cli.catalog import catalog_app
 from genplane.cli.common import console
 from genplane.cli.common import fail as _fail
 from genplane.cli.common import id_column as _id_column
@@ -38,6 +39,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(db_app, name="db")
+app.add_typer(catalog_app, name="catalog")
 
 
 def parse_expiry(value: str | None) -> datetime | None:

@@ -113,7 +113,19 @@ def resolve_provider_order(model: ModelEntry, requested: str | None) -> list[str
 
 
 def find_model(catalog: Catalog, model_identifier: str) -> ModelEntry:
+    """The live model; a retired one is not found either, but the answer says it was retired."""
     model = catalog.models.get(model_identifier)
+    retired = catalog.retired.get(model_identifier)
+    if model is None and retired is not None:
+        raise ApiError(
+            "bse_model_not_found",
+            retired.message(),
+            details={
+                "model_identifier": model_identifier,
+                "retired_on": retired.retired_on.isoformat(),
+                **({"successor": retired.successor} if retired.successor else {}),
+            },
+        )
     if model is None:
         raise ApiError(
             "bse_model_not_found",
@@ -217,6 +229,10 @@ def check_generation(catalog: Catalog, media: str, model_identifier: str, raw: b
     if schema.generation_input_file_required and not body.generation_input_file:
         message = f"{model.model_identifier} needs an input image in 'generation_input_file'."
         raise invalid_input("generation_input_file", message)
+    most = schema.generation_input_file_max
+    if most is not None and len(body.generation_input_file or []) > most:
+        count = len(body.generation_input_file or [])
+        raise _out_of_range("generation_input_file", count, f"1..{most} images")
     for url in body.generation_input_file or []:
         _check_url("generation_input_file", url)
     if body.generation_input_file_last_content:

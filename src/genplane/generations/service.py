@@ -10,8 +10,10 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select
 
 from genplane.accounts.service import AuthContext
+from genplane.catalog.costs import CostRequest
 from genplane.catalog.loader import Catalog
-from genplane.catalog.pricing import generation_cost_millis
+from genplane.catalog.pricing import binding_refusal, generation_cost_millis
+from genplane.clock import utcnow
 from genplane.contract.envelope import dumps, success_body
 from genplane.contract.errors import ApiError
 from genplane.contract.status import TERMINAL_STATUSES, GenerationStatus
@@ -106,12 +108,6 @@ class GenerationService:
     ) -> tuple[Generation, bytes]:
         """Check, route and price the request; record it, its reservation and its stored answer."""
         req = check_generation(self.catalog, media, model_identifier, raw)
-        provider_order = await self.route(req)
-        urls = [("generation_input_file", url) for url in req.input_file or []]
-        if req.input_file_last_content:
-            urls.append(("generation_input_file_last_content", req.input_file_last_content))
-        for field, url in urls:  # also refused later, at fetch time, after redirects
-            await self.fetcher.check_public(url, field)
         cost = generation_cost_millis(
             req.model,
             outputs=req.output_number,
@@ -119,6 +115,12 @@ class GenerationService:
             resolution=req.resolution,
             audio=bool(req.generate_audio),
         )
+        provider_order = await self.route(req, cost)
+        urls = [("generation_input_file", url) for url in req.input_file or []]
+        if req.input_file_last_content:
+            urls.append(("generation_input_file_last_content", req.input_file_last_content))
+        for field, url in urls:  # also refused later, at fetch time, after redirects
+            await self.fetcher.check_public(url, field)
         gen = lifecycle.new_generation(auth.account_id, req, provider_order, cost)
         data = {
             "model_identifier": gen.model_identifier,
@@ -134,17 +136,43 @@ class GenerationService:
             await lifecycle.admit(s, gen, self.settings.max_inflight_for(auth.plan))
         return gen, body
 
-    async def route(self, req: GenerationRequest) -> list[str]:
-        """The chain a new generation will try: explicit as sent, or ranked for ``fastest``."""
+    async def route(self, req: GenerationRequest, reserved_millis: int) -> list[str]:
+        """The chain a new generation will try: explicit as sent, or ranked for ``fastest``.
+
+        Either way without the bindings routing must not use for this request (past their
+        ``retire_after``, or billing more than ``reserved_millis``): see ``binding_refusal``.
+        """
 
         def usable(p: str) -> bool:
             adapter = self.providers.get(p)
             return adapter is not None and adapter.configured()
 
+        request = CostRequest(
+            ratio=req.ratio,
+            outputs=req.output_number,
+            duration=req.duration,
+            resolution=req.resolution,
+            audio=bool(req.generate_audio),
+            inputs=len(req.input_file or []),
+        )
+        today = utcnow().date()
+        refused = {
+            p: why
+            for p in req.provider_order
+            if (why := binding_refusal(req.model, p, request, reserved_millis, today)) is not None
+        }
+        candidates = [p for p in req.provider_order if p not in refused]
         if req.provider_order_explicit:
-            chain = req.provider_order
+            chain = candidates
         else:
-            chain = await self.ranker.rank(req.model, [p for p in req.provider_order if usable(p)])
+            chain = await self.ranker.rank(req.model, [p for p in candidates if usable(p)])
+        if refused and not chain:
+            raise ApiError(
+                "bse_provider_unavailable",
+                f"No provider can serve this {req.model.model_identifier} request here: "
+                + " ".join(refused.values()),
+                details={"providers": list(req.model.providers)},
+            )
         if not any(usable(p) for p in chain):
             raise ApiError(
                 "bse_provider_unavailable",

@@ -139,6 +139,12 @@ class ProviderChain:
                 message = f"{provider_id} is not configured here."
                 errors.append(provider_error_entry(provider_id, "bse_provider_unavailable", message, True))
                 continue
+            if not binding.live_on(utcnow().date()):  # admitted before its retire_after passed
+                message = (
+                    f"{provider_id} stopped serving {model.model_identifier} after {binding.retire_after}."
+                )
+                errors.append(provider_error_entry(provider_id, "bse_provider_unavailable", message, False))
+                continue
             job = self.job(gen, model, binding, inputs, last_frame)
             started = utcnow()
             prediction_id = resume.get("prediction_id") if resume.get("provider") == provider_id else None
