@@ -24,12 +24,12 @@ PROVIDER_DELAY = "1.5"
 WEBHOOK_HOSTS = '["127.0.0.1"]'
 
 
-def start_live(data_dir: Path) -> tuple[Server, str]:
+def start_live(data_dir: Path, provider_delay: str = PROVIDER_DELAY) -> tuple[Server, str]:
     """A ``genplane serve`` that lets webhooks reach loopback; returns it and a full-access key."""
     server = Server(data_dir)
     key = server.init()
     server.start(
-        GENPLANE_LOCAL_PROVIDER_DELAY_SECONDS=PROVIDER_DELAY, GENPLANE_WEBHOOK_ALLOW_HOSTS=WEBHOOK_HOSTS
+        GENPLANE_LOCAL_PROVIDER_DELAY_SECONDS=provider_delay, GENPLANE_WEBHOOK_ALLOW_HOSTS=WEBHOOK_HOSTS
     )
     return server, key
 

@@ -107,7 +107,12 @@ def _query(**values: Any) -> dict[str, str]:
     for key, value in values.items():
         if value is None:
             continue
-        out[key] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, float) and value.is_integer():
+            out[key] = str(int(value))  # 3.0 -> "3": the server reads whole seconds as integers
+        else:
+            out[key] = str(value)
     return out
 
 

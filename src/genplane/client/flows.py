@@ -122,7 +122,14 @@ def request(call: Call[R], policy: RetryPolicy) -> Flow[R]:
 
 
 def wait(
-    ctx: FlowContext, /, generation_id: str, timeout: float = 600.0, interval: float = 2.0
+    ctx: FlowContext,
+    /,
+    generation_id: str,
+    timeout: float = 600.0,
+    interval: float = 2.0,
+    *,
+    long_poll: int = MAX_PREFER_WAIT,
+    on_update: Callable[[Generation], object] | None = None,
 ) -> Flow[Response[Generation]]:
     """Until the generation is terminal: long-polls with ``Prefer: wait``, else polls.
 
@@ -130,17 +137,33 @@ def wait(
     two-minute generation costs about three requests instead of sixty. A server that
     does not grant the preference (no ``Preference-Applied``) answers at once; from then
     on the flow polls every ``interval`` seconds, growing by half each time up to 10 s.
+    ``long_poll`` caps each hold (1-60 s): shorter holds report progress more often.
+    ``on_update`` is called with the record after every answer (a progress display).
+
+    >>> created = client.generate("local/preview-video", generation_prompt="waves",  # doctest: +SKIP
+    ...                           generation_duration=3)
+    >>> client.wait(created.data.generation_id, timeout=120).data.generation_output_file  # doctest: +SKIP
+    ['http://127.0.0.1:8000/files/…/0.mp4']
+
+    Raises :class:`GenerationFailedError` when it ends ``failed`` or ``canceled`` (its
+    ``code`` is the record's ``generation_error_code``) and
+    :class:`GenerationTimeoutError` when ``timeout`` passes first; the generation itself
+    keeps running then.
     """
+    if not 1 <= long_poll <= MAX_PREFER_WAIT:
+        raise ValueError(f"long_poll is 1 to {MAX_PREFER_WAIT} seconds, not {long_poll}")
     policy, clock = ctx.policy, ctx.clock
     deadline = clock() + timeout
     server_holds = True
     pause = max(MIN_POLL_INTERVAL, interval)
     while True:
         remaining = deadline - clock()
-        hold = min(MAX_PREFER_WAIT, int(remaining + 0.5)) if server_holds else 0  # whole seconds
+        hold = min(long_poll, int(remaining + 0.5)) if server_holds else 0  # whole seconds
         started = clock()
         got = yield from request(calls.get_generation(generation_id, wait=hold or None), policy)
         record = got.data
+        if on_update is not None:
+            on_update(record)
         if record.generation_status == "succeeded":
             return got
         if record.terminal:
@@ -168,7 +191,18 @@ def generate_and_wait(
     interval: float = 2.0,
     **fields: Any,
 ) -> Flow[Response[Generation]]:
-    """Create, then wait; ``create`` already asks the server to hold its answer."""
+    """Create a generation and return its finished record: for scripts and CLIs.
+
+    The create asks the server to hold its answer until the generation ends (up to
+    60 s), so a quick generation costs two requests. Services with steady traffic do
+    better with ``generate`` and a webhook than with a request held per generation.
+
+    >>> done = client.generate_and_wait(  # doctest: +SKIP
+    ...     "local/preview-image", {"generation_prompt": "a red fox"}, generation_output_number=2
+    ... )
+    >>> len(done.data.generation_output_file)  # doctest: +SKIP
+    2
+    """
     hold = min(MAX_PREFER_WAIT, int(timeout)) or None
     create = calls.generate(model, params, idempotency_key=idempotency_key, wait=hold, **fields)
     started = ctx.clock()
@@ -181,7 +215,12 @@ def pages(ctx: FlowContext, /, page_size: int = 50) -> Flow[None]:
     """Every generation, newest first, one page at a time, until a page comes back short.
 
     A generation created while paging shifts older ones to later offsets, so one can
-    appear twice across pages: each id is emitted once."""
+    appear twice across pages: each id is emitted once.
+
+    >>> for generation in client.iter_generations(page_size=100):  # doctest: +SKIP
+    ...     if generation.generation_status == "failed":
+    ...         print(generation.generation_id, generation.generation_error_code)
+    """
     if not 1 <= page_size <= 100:
         raise ValueError(f"page_size is 1 to 100, not {page_size}")
     offset = 0
@@ -204,7 +243,14 @@ def download(
     """Save every output file of a succeeded generation into ``directory``.
 
     Files are named ``<generation_id>-<n>.<ext>`` so the outputs of many generations can
-    share a folder. A failed file is retried like any GET; an error status is raised."""
+    share a folder. Each file is streamed to disk (a video never sits in memory) under a
+    temporary name and renamed when complete. A failed file is retried like any GET;
+    an error status is raised. Returns the paths, in the record's order.
+
+    >>> client.download(client.generate_and_wait("local/preview-image", generation_prompt="a fox"),
+    ...                 "out")  # doctest: +SKIP
+    [PosixPath('out/0d3c…-0.png')]
+    """
     policy, directory = ctx.policy, Path(directory)
     if isinstance(generation, str):
         generation = (yield from request(calls.get_generation(generation), policy)).data
