@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
+from rich.console import RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Column, Table
@@ -80,6 +81,14 @@ def _print_json(data: Any) -> None:
     if isinstance(data, BaseModel):
         data = data.model_dump(mode="json", by_alias=True)
     print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _show(data: BaseModel, as_json: bool, for_people: RenderableType) -> None:
+    """``--json``: the data for scripts; otherwise what was made for people."""
+    if as_json:
+        _print_json(data)
+    else:
+        console.print(for_people, soft_wrap=isinstance(for_people, str))
 
 
 def _fields_table(model: BaseModel, title: str | None = None) -> Table:
@@ -293,10 +302,7 @@ def estimate(
     """What generations would cost, and whether your balance covers them."""
     with _client(base_url, api_key) as client:
         data = client.estimate(model, count=count, duration=duration, resolution=resolution, audio=audio).data
-    if as_json:
-        _print_json(data)
-    else:
-        console.print(_fields_table(data, title=f"estimate: {model}"))
+    _show(data, as_json, _fields_table(data, title=f"estimate: {model}"))
 
 
 def status(base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
@@ -352,10 +358,7 @@ def content_get(
     """One generation's record."""
     with _client(base_url, api_key) as client:
         data = client.get_generation(generation_id, wait=wait).data
-    if as_json:
-        _print_json(data)
-    else:
-        console.print(_fields_table(data))
+    _show(data, as_json, _fields_table(data))
 
 
 @content_app.command("cancel")
@@ -368,10 +371,7 @@ def content_cancel(
     """Cancel a pending or processing generation; its credits are refunded."""
     with _client(base_url, api_key) as client:
         data = client.cancel_generation(generation_id).data
-    if as_json:
-        _print_json(data)
-    else:
-        console.print(f"canceled: {data.generation_id} (credits refunded: {data.credits_refunded})")
+    _show(data, as_json, f"canceled: {data.generation_id} (credits refunded: {data.credits_refunded})")
 
 
 @content_app.command("delete")
@@ -384,10 +384,7 @@ def content_delete(
     """Delete a generation and its stored files."""
     with _client(base_url, api_key) as client:
         data = client.delete_generation(generation_id).data
-    if as_json:
-        _print_json(data)
-    else:
-        console.print(f"deleted: {data.generation_id} ({data.files_deleted} files)")
+    _show(data, as_json, f"deleted: {data.generation_id} ({data.files_deleted} files)")
 
 
 # -- usage ------------------------------------------------------------------------------

@@ -10,18 +10,10 @@ import anyio
 import httpx
 
 from genplane.client import files
-from genplane.client.config import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    USER_AGENT,
-    ClientConfig,
-    resolve_api_key,
-    resolve_base_url,
-)
+from genplane.client.config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, USER_AGENT
 from genplane.client.errors import error_from_response
-from genplane.client.flows import Emit, Fetch, Flow, FlowContext, Reply, Send, Sleep, Step
+from genplane.client.flows import Emit, Fetch, Flow, Reply, Send, Sleep, Step, emitting_result
 from genplane.client.operations import AsyncHealth, AsyncLibrary, AsyncRunner, ClientMethods
-from genplane.client.retries import RetryPolicy
 
 T = TypeVar("T")
 
@@ -54,15 +46,11 @@ class AsyncClient(ClientMethods, AsyncRunner):
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[Any]] = anyio.sleep,
     ) -> None:
-        self.config = ClientConfig(resolve_api_key(api_key), resolve_base_url(base_url, region), timeout)
-        self._context = FlowContext(RetryPolicy(max_retries=max_retries))
+        self._configure(api_key, base_url, region, timeout, max_retries)
         self._sleep = sleep
         self._http = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
         self.library = AsyncLibrary(self)
         self.health = AsyncHealth(self)
-
-    def __repr__(self) -> str:
-        return f"AsyncClient(base_url={self.config.base_url!r})"
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -76,13 +64,8 @@ class AsyncClient(ClientMethods, AsyncRunner):
     # -- performing the flows' steps ---------------------------------------------------
 
     async def _drive(self, flow: Flow[T]) -> T:
-        outcome: Any = None
-        while True:
-            try:
-                step = flow.send(outcome)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            outcome = await self._perform(step)
+        items = [item async for item in self._iterate(emitting_result(flow))]
+        return items[-1].value  # type: ignore[no-any-return]
 
     async def _iterate(self, flow: Flow[None]) -> AsyncIterator[Any]:
         outcome: Any = None
@@ -109,7 +92,7 @@ class AsyncClient(ClientMethods, AsyncRunner):
             return None
         if isinstance(step, Fetch):
             return await self._fetch(step)
-        raise TypeError(f"{step!r} needs an iterator")
+        raise TypeError(f"unknown step {step!r}")
 
     async def _fetch(self, step: Fetch) -> Path | Exception:
         partial: anyio.Path | None = None

@@ -82,6 +82,20 @@ Flow = Generator[Step, Any, T]
 
 
 @dataclass(frozen=True)
+class Finished:
+    """A flow's return value, emitted last by :func:`emitting_result`."""
+
+    value: Any
+
+
+def emitting_result(flow: Flow[Any]) -> Flow[None]:
+    """``flow`` with its return value emitted as a last :class:`Finished` item, so that a
+    client needs one loop (the iterating one) to run flows of both kinds."""
+    value = yield from flow
+    yield Emit(Finished(value))
+
+
+@dataclass(frozen=True)
 class FlowContext:
     """What flows need from their client besides I/O: the retry policy and a clock."""
 

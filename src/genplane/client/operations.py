@@ -18,8 +18,10 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from genplane.client import calls, flows
 from genplane.client.calls import Call
+from genplane.client.config import ClientConfig, resolve_api_key, resolve_base_url
 from genplane.client.flows import Flow, FlowContext
 from genplane.client.models import Generation, Response
+from genplane.client.retries import RetryPolicy
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -128,6 +130,18 @@ class iterator(Generic[P, T]):
 
 class ClientMethods:
     """The methods both clients share; only how they perform I/O differs."""
+
+    config: ClientConfig
+    _context: FlowContext
+
+    def _configure(
+        self, api_key: str | None, base_url: str | None, region: str | None, timeout: float, max_retries: int
+    ) -> None:
+        self.config = ClientConfig(resolve_api_key(api_key), resolve_base_url(base_url, region), timeout)
+        self._context = FlowContext(RetryPolicy(max_retries=max_retries))
+
+    def __repr__(self) -> str:  # the key stays out: reprs end up in logs
+        return f"{type(self).__name__}(base_url={self.config.base_url!r})"
 
     status = operation(calls.status)
     usage = operation(calls.usage)

@@ -10,18 +10,10 @@ from typing import Any, TypeVar
 import httpx
 
 from genplane.client import files
-from genplane.client.config import (
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_TIMEOUT,
-    USER_AGENT,
-    ClientConfig,
-    resolve_api_key,
-    resolve_base_url,
-)
+from genplane.client.config import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, USER_AGENT
 from genplane.client.errors import error_from_response
-from genplane.client.flows import Emit, Fetch, Flow, FlowContext, Reply, Send, Sleep, Step
+from genplane.client.flows import Emit, Fetch, Flow, Reply, Send, Sleep, Step, emitting_result
 from genplane.client.operations import ClientMethods, Health, Library, SyncRunner
-from genplane.client.retries import RetryPolicy
 
 T = TypeVar("T")
 
@@ -54,15 +46,11 @@ class Client(ClientMethods, SyncRunner):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
-        self.config = ClientConfig(resolve_api_key(api_key), resolve_base_url(base_url, region), timeout)
-        self._context = FlowContext(RetryPolicy(max_retries=max_retries))
+        self._configure(api_key, base_url, region, timeout, max_retries)
         self._sleep = sleep
         self._http = httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
         self.library = Library(self)
         self.health = Health(self)
-
-    def __repr__(self) -> str:
-        return f"Client(base_url={self.config.base_url!r})"
 
     def close(self) -> None:
         self._http.close()
@@ -76,13 +64,8 @@ class Client(ClientMethods, SyncRunner):
     # -- performing the flows' steps ---------------------------------------------------
 
     def _drive(self, flow: Flow[T]) -> T:
-        outcome: Any = None
-        while True:
-            try:
-                step = flow.send(outcome)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            outcome = self._perform(step)
+        *_, last = self._iterate(emitting_result(flow))
+        return last.value  # type: ignore[no-any-return]
 
     def _iterate(self, flow: Flow[None]) -> Iterator[Any]:
         outcome: Any = None
@@ -109,7 +92,7 @@ class Client(ClientMethods, SyncRunner):
             return None
         if isinstance(step, Fetch):
             return self._fetch(step)
-        raise TypeError(f"{step!r} needs an iterator")
+        raise TypeError(f"unknown step {step!r}")
 
     def _fetch(self, step: Fetch) -> Path | Exception:
         partial: Path | None = None
