@@ -1,4 +1,5 @@
-"""The ``genplane`` command: serve, initialise, and manage accounts, keys, credits and webhooks."""
+"""The ``genplane`` command: serve, initialise, and manage accounts, keys, credits and webhooks;
+and, for the API's users, generate and inspect through a server (``cli/user_commands.py``)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from rich.table import Table
 
 from genplane.accounts import service as accounts
 from genplane.accounts.scopes import PRESETS, parse_scopes
-from genplane.catalog.loader import load_catalog
 from genplane.cli.catalog import catalog_app
 from genplane.cli.common import console
 from genplane.cli.common import fail as _fail
 from genplane.cli.common import id_column as _id_column
 from genplane.cli.common import run as _run
 from genplane.cli.database import db_app
+from genplane.cli.user_commands import register as register_user_commands
 from genplane.cli.webhooks import webhooks_app
 from genplane.clock import as_utc, iso, utcnow
 from genplane.credits import alerts
@@ -439,21 +440,6 @@ def credits_thresholds(
 
 
 @app.command()
-def models() -> None:
-    """List the model catalogue and which providers are available here."""
-    from genplane.providers.registry import build_http_client, build_providers
-
-    settings = get_settings()
-    catalog = load_catalog(settings.catalog_dir)
-    adapters = build_providers(settings, build_http_client(settings))  # never sends a request
-    table = Table("model", "type", "pricing", "providers (available*)")
-    for m in catalog.models.values():
-        names = [f"{p}*" if p in adapters and adapters[p].configured() else p for p in m.providers]
-        table.add_row(m.model_identifier, m.model_type, str(m.model_pricing), ", ".join(names))
-    console.print(table)
-
-
-@app.command()
 def openapi() -> None:
     """Print the OpenAPI 3.0.3 document (the committed openapi.yaml is this output)."""
     import tempfile
@@ -465,3 +451,7 @@ def openapi() -> None:
     with tempfile.TemporaryDirectory() as scratch:  # the document must not depend on local data
         app = create_app(get_settings().model_copy(update={"data_dir": Path(scratch)}))
         print(to_yaml(build_openapi(app)), end="")
+
+
+# generate, models, estimate, content, usage, status: the API's user, through a server (last in --help).
+register_user_commands(app)
