@@ -1,7 +1,7 @@
 """CPU per image of genplane's worker path: claim -> provider call -> decode -> store -> succeed.
 
 Run: ``.venv/bin/python bench/image_cpu.py [--images 1000] [--formats png,jpg,webp]
-[--concurrency 64] [--rounds 3] [--profile] [--webhook] [--provider openai|local]
+[--concurrency 64] [--rounds 3] [--profile] [--webhook] [--provider selfhosted|local]
 [--latency 0]``
 
 The upstream is ``bench/fake_images_upstream.py``, a fake OpenAI-compatible images server in
@@ -9,7 +9,8 @@ its own process (its CPU is counted nowhere): ``POST /v1/images/generations`` an
 at once with the same ~20 KB PNG (seeded noise, so it does not compress) as
 ``data[0].b64_json``. genplane runs in this process
 as ``genplane serve`` would (SQLite in a fresh data directory, uvloop, log level WARNING)
-with ``openai/gpt-image-1`` served by its ``openai`` adapter pointed at the fake.
+with ``selfhosted/sdxl`` served by the ``selfhosted`` adapter (OpenAI-compatible images
+protocol) pointed at the fake.
 
 For each requested output format (``png``: the provider's own format, stored as sent;
 ``jpg``/``webp``: re-encoded) and each round:
@@ -142,13 +143,13 @@ async def genplane_pass(
     from genplane.db.models import Generation
     from genplane.settings import Settings
 
-    model = "openai/gpt-image-1" if provider == "openai" else "local/preview-image"
+    model = "selfhosted/sdxl" if provider == "selfhosted" else "local/preview-image"
     with tempfile.TemporaryDirectory() as scratch:
         values: dict[str, Any] = {
             "data_dir": Path(scratch) / "data",
             "public_base_url": "http://127.0.0.1:8000",
-            "openai_api_key": "sk-bench",
-            "openai_base_url": f"http://127.0.0.1:{port}",
+            "selfhosted_base_url": f"http://127.0.0.1:{port}",
+            "selfhosted_protocol": "openai",
             "run_worker": False,  # started below, once every job waits in its queue
             "rate_limit_per_minute": 100_000_000,
             "max_inflight_generations": images + 10,
@@ -223,7 +224,7 @@ async def baseline_pass(port: int, images: int, concurrency: int) -> Pass:
     settings = Settings(data_dir=Path(tempfile.gettempdir()) / "unused")
     client = build_http_client(settings)
     url = f"http://127.0.0.1:{port}/v1/images/generations"
-    fields = {"model": "gpt-image-1", "prompt": PROMPT, "n": 1, "size": "1024x1024", "quality": "medium"}
+    fields = {"model": "sdxl", "prompt": PROMPT, "n": 1, "size": "1024x1024", "response_format": "b64_json"}
     ok = 0
 
     async def call() -> None:
@@ -248,7 +249,7 @@ async def baseline_pass(port: int, images: int, concurrency: int) -> Pass:
 STAGES: list[tuple[str, str, str]] = [
     ("job total (Worker._run)", "jobs/worker.py", "_run"),
     ("  claim (lifecycle.claim: UPDATE, row, started event)", "generations/lifecycle.py", "claim"),
-    ("  provider call (adapter submit: HTTP, JSON, base64)", "providers/openai.py", "submit"),
+    ("  provider call (adapter submit: HTTP, JSON, base64)", "providers/selfhosted.py", "submit"),
     ("    HTTP request/response (ProviderHttp.send)", "providers/http.py", "send"),
     ("    JSON decode (ProviderHttp.decode)", "providers/http.py", "decode"),
     ("    base64 decode", "providers/outputs.py", "decode_base64"),
@@ -370,7 +371,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="One more pass per format under cProfile.")
     parser.add_argument("--profile-out", help="Also dump each format's pstats to PREFIX-<format>.pstats.")
     parser.add_argument("--webhook", action="store_true", help="Subscribe a webhook endpoint first.")
-    parser.add_argument("--provider", choices=("openai", "local"), default="openai")
+    parser.add_argument("--provider", choices=("selfhosted", "local"), default="selfhosted")
     parser.add_argument("--latency", type=float, default=0.0,
                         help="Seconds the fake takes per image; with it, the jobs running at once "
                              "and the memory they hold are reported too.")
@@ -411,7 +412,7 @@ def main() -> int:
                 passes.append(done)
             per_image = statistics.median(p.worker_cpu for p in passes) / args.images * 1000
             rate = statistics.median(p.images / p.wall for p in passes)
-            added = per_image - (base_ms if args.provider == "openai" else 0.0)
+            added = per_image - (base_ms if args.provider == "selfhosted" else 0.0)
             print(f"\n[{fmt}] worker CPU {per_image:.2f} ms/image (rounds: "
                   f"{', '.join(f'{p.worker_cpu / p.images * 1000:.2f}' for p in passes)}), "
                   f"{rate:.0f} images/s; minus the baseline: {added:.2f} ms/image added by genplane")

@@ -7,12 +7,13 @@ LiteLLM (``litellm==1.110.2`` with its ``proxy`` extra's dependencies) is instal
 process each, on loopback, in front of one fake OpenAI-compatible images server
 (``fake_images_upstream.py``, its own process) that answers ``POST
 /v1/images/generations`` after a fixed delay with the same ~20 KB PNG as ``b64_json``.
-genplane serves ``openai/gpt-image-1`` through its ``openai`` adapter pointed at the fake;
+genplane serves ``selfhosted/sdxl`` through its ``selfhosted`` adapter (the OpenAI-compatible
+images protocol) pointed at the fake;
 LiteLLM serves ``gpt-image-1`` as ``openai/gpt-image-1`` with ``api_base`` the fake.
 
 Phase 1, zero-latency upstream: requests/s of LiteLLM's ``POST /v1/images/generations``
 (which holds the request until the upstream answered) and of genplane's create
-(``POST /v1/generate/image/openai/gpt-image-1``, answered once the job is accepted, the
+(``POST /v1/generate/image/selfhosted/sdxl``, answered once the job is accepted, the
 in-process worker calling the upstream meanwhile), same raw-socket load generator
 (``loadgen.py``), same keep-alive connections.
 
@@ -59,7 +60,7 @@ LITELLM_VENV = BENCH / ".venv-litellm"
 UNPINNED = {"litellm-proxy", "litellm-proxy-extras", "litellm-enterprise"}
 WITHDRAWN = "!=1.107.*"  # withdrawn litellm releases, never to be picked for litellm-proxy
 MASTER_KEY = "sk-bench-litellm-0000"
-GENPLANE_MODEL = "openai/gpt-image-1"
+GENPLANE_MODEL = "selfhosted/sdxl"
 LITELLM_MODEL = "gpt-image-1"
 PROMPT = "a lighthouse at dusk"
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -394,8 +395,8 @@ def start_genplane(
     port = sock.getsockname()[1]
     env = genplane_env(scratch / "data", port)
     env.update(
-        GENPLANE_OPENAI_API_KEY="x",
-        GENPLANE_OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}",
+        GENPLANE_SELFHOSTED_BASE_URL=f"http://127.0.0.1:{fake_port}",
+        GENPLANE_SELFHOSTED_PROTOCOL="openai",
         # 200 clients keep 200 jobs in flight at once; the default (16) would queue them.
         GENPLANE_WORKER_CONCURRENCY=str(worker_concurrency),
     )

@@ -47,7 +47,7 @@ from peer_litellm import cpu_seconds
 from throughput import BIN, free_port, genplane_env, prepare_genplane, wait_for_port
 
 BODY = json.dumps({"generation_prompt": "a lighthouse at dusk"}).encode()
-CREATE = "/v1/generate/image/openai/gpt-image-1"
+CREATE = "/v1/generate/image/selfhosted/sdxl"
 #: Reads the dispatch delays (ms) of the given generation ids from the layout's database.
 DispatchReader = Callable[[list[str]], Awaitable[list[float]]]
 
@@ -178,7 +178,8 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
 def layout_env(scratch: Path, port: int, args: argparse.Namespace) -> dict[str, str]:
     env = genplane_env(scratch, port)
     env.update(
-        GENPLANE_OPENAI_API_KEY="sk-bench", GENPLANE_OPENAI_BASE_URL=f"http://127.0.0.1:{args.upstream}"
+        GENPLANE_SELFHOSTED_BASE_URL=f"http://127.0.0.1:{args.upstream}",
+        GENPLANE_SELFHOSTED_PROTOCOL="openai",
     )
     return env
 
