@@ -318,6 +318,8 @@ def test_the_dashboard_shows_charts_after_a_few_generations(page: Any, served: t
     expect(chart).to_be_visible()
     assert chart.locator("rect.fill-succeeded").count() >= 1
     expect(page.locator('figure[data-chart="spend"] svg rect.fill-spend').first).to_be_attached()
+    # Requests per day come from /v1/usage's usage_days: today's bar holds this test's calls.
+    expect(page.locator('figure[data-chart="requests"] svg rect.fill-success').first).to_be_attached()
     expect(page.locator('figure[data-chart="endpoints"] svg rect').first).to_be_attached()
     expect(page.locator("#providers")).to_contain_text("local")
     expect(page.locator("#account")).to_contain_text("Credit balance")

@@ -98,6 +98,19 @@ class UsageProvider(Model):
     wasted_estimated_cost: float
 
 
+class UsageDay(Model):
+    """genplane's per-day breakdown (UTC); absent from servers that do not send it."""
+
+    day: str
+    total_requests: int
+    success_count: int
+    client_error_count: int
+    server_error_count: int
+    provider_submissions: int = 0
+    estimated_cost: float = 0.0
+    wasted_estimated_cost: float = 0.0
+
+
 class UsageData(Model):
     account_id: str
     usage_period_days: int
@@ -111,6 +124,7 @@ class UsageData(Model):
     usage_total_estimated_cost: float
     usage_endpoints: list[UsageEndpoint] = Field(default_factory=list)
     usage_providers: list[UsageProvider] = Field(default_factory=list)
+    usage_days: list[UsageDay] = Field(default_factory=list)
 
 
 class AccountData(Model):
@@ -120,6 +134,11 @@ class AccountData(Model):
     account_is_personal: bool
     account_picture_url: str | None = None
     account_created_at: str
+
+
+class LowBalanceThreshold(Model):
+    threshold: float
+    armed: bool
 
 
 class BillingData(Model):
@@ -133,6 +152,7 @@ class BillingData(Model):
     billing_period_ends_at: str | None = None
     billing_created_at: str | None = None
     billing_updated_at: str | None = None
+    billing_low_balance_thresholds: list[LowBalanceThreshold] = Field(default_factory=list)
 
 
 class EstimateData(Model):

@@ -1,9 +1,10 @@
 /* The dashboard: the key's account, balance and usage over 7/30/90 days.
 
-   GET /v1/usage gives the period's totals per endpoint and per provider (with the wasted
-   spend: attempts paid for and thrown away); it has no per-day breakdown, so the per-day
-   charts are built from the account's generations (GET /v1/content/list, newest first) and
-   the catalogue's prices (GET /v1/library/models). Charts are small hand-drawn SVG. */
+   GET /v1/usage gives the period's totals per endpoint and per provider, and genplane's
+   usage_days the requests by outcome and the provider spend (estimated and wasted: attempts
+   paid for and thrown away) per UTC day. Generations per day by outcome, and what they were
+   charged, come from the account's generations (GET /v1/content/list, newest first) and the
+   catalogue's prices (GET /v1/library/models). Charts are small hand-drawn SVG. */
 'use strict';
 
 (function () {
@@ -225,7 +226,7 @@
       const since = new Date(labels[0] + 'T00:00:00Z');
       const gens = await generationsSince(since, seq);
       if (gens === null || seq !== loadSeq) { return; }
-      renderDaily(labels, gens.rows, prices, gens.truncated);
+      renderDaily(labels, gens.rows, prices, gens.truncated, u.usage_days || []);
     } catch (err) {
       if (seq === loadSeq) {
         G.showError(errorBox, err);
@@ -234,11 +235,18 @@
     }
   }
 
-  function renderDaily(labels, rows, prices, truncated) {
+  function renderDaily(labels, rows, prices, truncated, usageDays) {
     const index = {};
     labels.forEach(function (l, i) { index[l] = i; });
     const zero = function () { return labels.map(function () { return 0; }); };
     const ok = zero(), failed = zero(), canceled = zero(), running = zero(), spend = zero();
+    const reqOk = zero(), req4xx = zero(), req5xx = zero(), wasted = zero();
+    usageDays.forEach(function (d) {
+      const i = index[d.day];
+      if (i === undefined) { return; }
+      reqOk[i] = d.success_count; req4xx[i] = d.client_error_count; req5xx[i] = d.server_error_count;
+      wasted[i] = d.wasted_estimated_cost;
+    });
     rows.forEach(function (g) {
       const i = index[utcDay(new Date(g.generation_created_at))];
       if (i === undefined) { return; }
@@ -252,17 +260,22 @@
         { key: 'succeeded', label: 'succeeded', values: ok }, { key: 'failed', label: 'failed', values: failed },
         { key: 'canceled', label: 'canceled', values: canceled }, { key: 'running', label: 'pending or processing', values: running },
       ] }),
-      stackedChart({ id: 'spend', title: 'Spend per day (credits charged, UTC)', labels: labels, decimals: 3, series: [
+      stackedChart({ id: 'spend', title: 'Spend per day (credits, UTC)', labels: labels, decimals: 3, series: [
         { key: 'spend', label: 'charged for succeeded generations', values: spend },
+        { key: 'wasted', label: 'wasted (provider attempts paid for and thrown away)', values: wasted },
+      ] }),
+      stackedChart({ id: 'requests', title: 'Requests per day (UTC), by outcome', labels: labels, series: [
+        { key: 'success', label: 'succeeded', values: reqOk }, { key: 'client', label: 'client errors (4xx)', values: req4xx },
+        { key: 'server', label: 'server errors (5xx)', values: req5xx },
       ] })
     );
     if (truncated) { charts.append(el('p', { className: 'help', text: 'Only the newest ' + PAGE * MAX_PAGES + ' generations are counted per day.' })); }
-    charts.append(el('p', { className: 'help', text: 'Spend per day is priced from the catalogue for what was delivered; the wasted spend (provider attempts paid for and thrown away) is reported for the whole period only, per provider below.' }));
+    charts.append(el('p', { className: 'help', text: 'Charged spend per day is priced from the catalogue for what was delivered; wasted spend is the providers\' estimated cost of attempts thrown away (failed over, canceled).' }));
     const tableRows = [];
     for (let i = labels.length - 1; i >= 0; i--) {
-      tableRows.push([labels[i], String(ok[i]), String(failed[i]), String(canceled[i]), String(running[i]), G.credits(spend[i])]);
+      tableRows.push([labels[i], String(reqOk[i] + req4xx[i] + req5xx[i]), String(ok[i]), String(failed[i]), String(canceled[i]), String(running[i]), G.credits(spend[i]), G.credits(wasted[i])]);
     }
-    table($('daily-table'), ['Day (UTC)', 'Succeeded', 'Failed', 'Canceled', 'In progress', 'Spend'], tableRows);
+    table($('daily-table'), ['Day (UTC)', 'Requests', 'Succeeded', 'Failed', 'Canceled', 'In progress', 'Spend', 'Wasted'], tableRows);
   }
 
   function renderEndpoints(endpoints) {
