@@ -23,6 +23,7 @@ from typer.testing import CliRunner, Result
 from genplane.accounts import service as accounts
 from genplane.api.app import create_app
 from genplane.cli import main as cli_main
+from genplane.cli import user_commands
 from genplane.cli.main import app as cli_app
 from genplane.clock import as_utc, utcnow
 from genplane.db.engine import Database
@@ -56,7 +57,9 @@ class Cli:
         get_settings.cache_clear()  # settings are cached per process; each test has its own dir
         # The module's console fixes its width from the environment at import time (and pytest
         # workers may set COLUMNS), so give it a terminal of the width this call wants.
-        self.monkeypatch.setattr(cli_main, "console", Console(width=columns))
+        wide = Console(width=columns)
+        for module in (cli_main, user_commands):  # the operator's commands and the user's
+            self.monkeypatch.setattr(module, "console", wide)
         env = {
             "GENPLANE_DATA_DIR": str(self.data_dir),
             "GENPLANE_DATABASE_URL": "",

@@ -101,17 +101,24 @@ async def exchange(*processes: Harness) -> None:
         await shared.exchange()
 
 
+async def sharing_counts(
+    harness_factory: Callable[..., Any], redis_url: str, **overrides: Any
+) -> tuple[Harness, Harness]:
+    """Two processes flagging enumeration at 10 404s, exchanging counts only when told."""
+    return await two_processes(
+        harness_factory,
+        redis_url,
+        anomaly_enumeration_threshold=10,
+        anomaly_share_interval_seconds=3600,
+        **overrides,
+    )
+
+
 async def test_a_storm_spread_over_processes_is_found(
     harness_factory: Callable[..., Any], redis_url: str
 ) -> None:
     """Enumeration split evenly between two processes: neither reaches the threshold alone."""
-    a, b = await two_processes(
-        harness_factory,
-        redis_url,
-        anomaly_enumeration_threshold=10,
-        anomaly_auto_block=["id_enumeration"],
-        anomaly_share_interval_seconds=3600,  # exchanges only when the test says
-    )
+    a, b = await sharing_counts(harness_factory, redis_url, anomaly_auto_block=["id_enumeration"])
     caller = await a.caller()
     missing = [f"/v1/content/{uuid.uuid4()}" for _ in range(12)]
     for i, path in enumerate(missing[:10]):
@@ -131,13 +138,7 @@ async def test_a_storm_spread_over_processes_is_found(
 async def test_counts_outside_the_window_are_not_shared(
     harness_factory: Callable[..., Any], redis_url: str
 ) -> None:
-    a, b = await two_processes(
-        harness_factory,
-        redis_url,
-        anomaly_enumeration_threshold=10,
-        anomaly_enumeration_window_seconds=30,
-        anomaly_share_interval_seconds=3600,
-    )
+    a, b = await sharing_counts(harness_factory, redis_url, anomaly_enumeration_window_seconds=30)
     caller = await a.caller()
     for _ in range(6):
         assert (await on(b, caller).get(f"/v1/content/{uuid.uuid4()}")).status_code == 404

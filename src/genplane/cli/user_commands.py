@@ -282,7 +282,7 @@ def _local_models(type_: str | None, as_json: bool) -> None:
     table = Table("model", "type", "pricing", "providers (available*)")
     for m in chosen:
         names = [f"{p}*" if p in adapters and adapters[p].configured() else p for p in m.providers]
-        table.add_row(m.model_identifier, m.model_type, str(m.model_pricing), ", ".join(names))
+        table.add_row(m.model_identifier, m.model_type, _pricing(m.model_pricing), ", ".join(names))
     console.print(table)
 
 

@@ -5,6 +5,9 @@ upgrade its lock, so on SQLite every write transaction starts with BEGIN IMMEDIA
 and in-process writers queue on an asyncio lock. On PostgreSQL both paths are the
 same pooled engine.
 
+JSON columns are read with orjson: the standard library's decoder of a record's JSON
+fields was about 2.5% of a poll's time in its profile.
+
 SQLite statements run inline on the event loop instead of on aiosqlite's
 per-connection thread: a primary-key read costs microseconds in SQLite itself but
 about a millisecond through the thread hand-offs, which capped polling near a thousand
@@ -31,6 +34,7 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+import orjson
 from sqlalchemy import Executable, Row, event, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -72,7 +76,9 @@ def _sqlite_engine(url: str, path: str, begin: str | None, busy_timeout_ms: int)
         conn: aiosqlite.Connection = await _InlineConnection(connect, 64)
         return conn
 
-    engine = create_async_engine(url, async_creator=creator, pool_size=8, max_overflow=8)
+    engine = create_async_engine(
+        url, async_creator=creator, pool_size=8, max_overflow=8, json_deserializer=orjson.loads
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -166,7 +172,7 @@ class Database:
             # A fixed pool: each process holds at most ``pool_size`` connections (and the listener's
             # one), so processes x (pool_size + 1) can be sized below the server's max_connections.
             self.write_engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=0, pool_timeout=60
+                url, pool_size=pool_size, max_overflow=0, pool_timeout=60, json_deserializer=orjson.loads
             )
             self.read_engine = self.write_engine
             # One statement is its own snapshot here too: without BEGIN and ROLLBACK around it,

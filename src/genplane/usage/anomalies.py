@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -19,6 +20,8 @@ from genplane.db.models import KeyAnomaly
 from genplane.settings import Settings
 from genplane.usage.batched import BatchedWriter
 from genplane.usage.sequences import Flag, SequenceAnalytics, classify
+
+log = structlog.get_logger("genplane.anomalies")
 
 
 class AnomalyRecorder(BatchedWriter):
@@ -81,7 +84,10 @@ class AnomalyRecorder(BatchedWriter):
 
     async def stop(self) -> None:
         if self.analytics.shared is not None:
-            await self.analytics.shared.stop()
+            try:  # the last counts, for the processes still running
+                await self.analytics.shared.stop()
+            except Exception as exc:  # Redis away at shutdown: they are only counts
+                log.warning("anomaly_share_failed", error=repr(exc))
         await super().stop()
 
 

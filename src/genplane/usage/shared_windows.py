@@ -22,8 +22,6 @@ window, and at most :data:`MAX_COUNTERS` counters are followed at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import os
 import time
@@ -31,16 +29,17 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 
-import structlog
 from redis.asyncio import Redis
 
-log = structlog.get_logger("genplane.anomalies")
+from genplane.usage.batched import BatchedWriter
 
 #: Counters followed at once by one process; past it the least recently seen are dropped.
 MAX_COUNTERS = 20_000
 
 
-class SharedWindows:
+class SharedWindows(BatchedWriter):
+    """Exchanged on :class:`BatchedWriter`'s timer, and once more when the process stops."""
+
     def __init__(
         self,
         redis: Redis,
@@ -48,9 +47,9 @@ class SharedWindows:
         interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(interval, "anomaly_share")
         self.redis = redis
         self.prefix = prefix + "anomaly:"
-        self.interval = interval
         self.clock = clock
         #: This process in the hash fields: its own counts are never taken for a peer's.
         self.process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -58,7 +57,6 @@ class SharedWindows:
         # counter key -> (window, last seen), least recently seen first
         self._followed: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._peers: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
 
     def _key(self, key_id: str, counter: str) -> str:
         return f"{self.prefix}{key_id}:{counter}"
@@ -120,22 +118,5 @@ class SharedWindows:
                 peers[name] = total
         self._peers = peers
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.exchange()
-            except Exception as exc:  # Redis away: detection goes on with local counts
-                log.warning("anomaly_share_failed", error=repr(exc))
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(Exception):  # the last counts, for the processes still running
-            await self.exchange()
+    async def _write_pending(self) -> None:
+        await self.exchange()
