@@ -16,8 +16,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from genplane.catalog.costs import BindingCost, CostRequest, cost_of
-from genplane.catalog.loader import load_catalog
+from genplane.catalog.costs import BindingCost, CostRequest, cost_of, dec
+from genplane.catalog.loader import load_catalog, margins
 from genplane.catalog.pricing import binding_refusal
 from genplane.providers import bfl, cloudflare
 from tests.conftest import Harness
@@ -148,6 +148,39 @@ def test_the_packaged_catalogue_has_no_dead_model_and_prices_cover_the_issue_fig
     assert isinstance(lite, dict) and lite["720p"] >= 0.039 and lite["1080p"] >= 0.088
     qwen = catalog.models["qwen/qwen-image"].providers["replicate"]
     assert qwen.fields["generation_output_number"] == ""  # no num_outputs on Replicate
+
+
+def test_flux_2_flex_is_priced_for_its_megapixels_and_takes_one_input_image() -> None:
+    """FLUX.2 [flex] bills 0.05 a megapixel, inputs included (BFL's own API guide): a 16:9
+    edit is 2 MP out + 1 MP in, and the old flat 0.06 lost money on all but 1 MP text-to-image."""
+    flex = load_catalog(today=dt.date(2026, 12, 2)).models["bfl/flux-2-flex"]
+    bfl_cost = flex.providers["bfl"].cost
+    assert bfl_cost is not None and flex.schema_.generation_input_file_max == 1
+    assert cost_of(bfl_cost, CostRequest(ratio="1:1")) == Decimal("0.05")
+    assert cost_of(bfl_cost, CostRequest(ratio="16:9", inputs=1)) == Decimal("0.15")
+    price = flex.model_pricing
+    assert isinstance(price, float) and dec(price) == Decimal("0.15")
+    assert max(m.cost for m in margins(flex, "bfl", flex.providers["bfl"])) == dec(price)
+
+
+def test_confirmed_costs_are_recorded_with_their_source() -> None:
+    """The figures read from the providers' own pages (issue 14): each binding says where."""
+    catalog = load_catalog(today=dt.date(2026, 12, 2))
+    expected = {
+        ("bfl/flux-schnell", "replicate"): Decimal("0.003"),
+        ("bfl/flux-1.1-pro", "bfl"): Decimal("0.04"),
+        ("bfl/flux-1.1-pro-ultra", "bfl"): Decimal("0.06"),
+        ("bfl/flux-kontext-pro", "bfl"): Decimal("0.04"),
+        ("bfl/flux-kontext-max", "bfl"): Decimal("0.08"),
+    }
+    for (model, provider), figure in expected.items():
+        cost = catalog.models[model].providers[provider].cost
+        assert cost is not None and cost.source.startswith("https://"), (model, provider)
+        assert cost_of(cost, CostRequest(ratio="1:1", outputs=2)) == 2 * figure
+    kling = catalog.models["kling/kling-v2.1-master"].providers["fal"].cost
+    assert kling is not None
+    request = CostRequest(ratio="16:9", duration=10, resolution="1080p")
+    assert cost_of(kling, request) == Decimal("2.80")  # 1.40 for 5 s + 5 x 0.28
 
 
 # -- retire_after and routing ---------------------------------------------------------------

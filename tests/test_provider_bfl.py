@@ -24,7 +24,8 @@ async def test_success_maps_the_job_and_returns_the_signed_samples(rig: Rig) -> 
     prediction_id = await rig.adapter().submit(job)
     result = await rig.adapter().wait(job, prediction_id)  # a fresh adapter: all it has is the id
 
-    assert prediction_id.count("@api.us1.bfl.test") == 2  # each task's polling host travels in it
+    # Each task's polling URL travels in the id, as BFL handed it out.
+    assert prediction_id.count("@https://api.us1.bfl.test/v1/get_result?id=") == 2
     assert [s["path"] for s in rig.fake.submissions] == ["/v1/flux-pro-1.1"] * 2
     assert all(s["headers"]["x-key"] == "bfl-test-key" for s in rig.fake.submissions)
     first, second = (s["body"] for s in rig.fake.submissions)
@@ -142,5 +143,47 @@ async def test_the_key_is_never_sent_to_a_foreign_polling_host(rig: Rig) -> None
     task_id = await rig.adapter().submit(job)
     async with asyncio.timeout(5):
         await rig.adapter().wait(job, f"{task_id}@collector.example")
+    assert rig.network.requests_to("collector.example") == []
+    assert set(rig.fake.polls) == {"api.bfl.test"}
+
+
+async def test_each_task_is_polled_at_its_polling_url_exactly_as_given(rig: Rig) -> None:
+    # BFL: poll the returned polling_url as given, never a URL rebuilt from the id
+    # (https://help.bfl.ai/articles/9532536301-which-api-endpoint-should-i-use). The fake
+    # knows a task only at that URL, so a rebuilt /v1/get_result?id=... finds nothing.
+    rig.fake.polling_url_template = "https://{host}/v1/get_result?id={id}&cluster=us1-b"
+    job = make_job(output_number=2)
+    prediction_id = await rig.adapter().submit(job)
+    result = await rig.adapter().wait(job, prediction_id)
+
+    handed_out = {task.polling_url for task in rig.fake.tasks.values()}
+    assert len(handed_out) == 2 and set(rig.fake.poll_urls) == handed_out
+    assert len(result.outputs) == 2
+
+
+async def test_a_comma_in_a_polling_url_does_not_split_the_task(rig: Rig) -> None:
+    rig.fake.polling_url_template = "https://{host}/v1/get_result?id={id}&shards=a,b"
+    job = make_job(output_number=2)
+    prediction_id = await rig.adapter().submit(job)
+    assert prediction_id.count(",") == 1
+    result = await rig.adapter().wait(job, prediction_id)
+    assert len(result.outputs) == 2
+    assert all("shards=a%2Cb" in url for url in rig.fake.poll_urls)
+
+
+async def test_an_id_written_with_only_the_polling_host_is_still_polled_there(rig: Rig) -> None:
+    rig.fake.omit_polling_url = True
+    job = make_job()
+    task_id = await rig.adapter().submit(job)
+    await rig.adapter().wait(job, f"{task_id}@api.us1.bfl.test")
+    assert set(rig.fake.polls) == {"api.us1.bfl.test"}
+
+
+async def test_the_key_is_never_sent_to_a_foreign_polling_url(rig: Rig) -> None:
+    rig.fake.omit_polling_url = True
+    job = make_job()
+    task_id = await rig.adapter().submit(job)
+    async with asyncio.timeout(5):
+        await rig.adapter().wait(job, f"{task_id}@https://collector.example/v1/get_result?id={task_id}")
     assert rig.network.requests_to("collector.example") == []
     assert set(rig.fake.polls) == {"api.bfl.test"}

@@ -5,6 +5,12 @@ Same wire format as the real service: the ``x-key`` header (403 with FastAPI's
 URL on a regional host, results with the real status strings, and samples served from
 a separate delivery host at URLs that expire. BFL has no cancel endpoint, so neither
 does this fake.
+
+A task is only known at the exact ``polling_url`` it was handed out with: BFL asks
+clients to poll that URL as given, not one rebuilt from the id or with another host
+(https://help.bfl.ai/articles/9532536301-which-api-endpoint-should-i-use and
+https://docs.bfl.ai/api_integration/integration_guidelines, read 2026-12-02). Any other
+poll for it answers ``Task not found``, as a cluster that does not hold the task does.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -54,12 +61,19 @@ SERVED_MODELS = frozenset({
     "flux-2-pro", "flux-2-flex", "flux-pro", "flux-pro-1.0-fill", "flux-2-max", "flux-2-klein-9b",
 })
 
+def _where(url: str) -> tuple[str, str, list[tuple[str, str]]]:
+    """A URL as a server reads it: host, path and decoded query parameters."""
+    parts = urlsplit(url)
+    return (parts.hostname or "", parts.path, sorted(parse_qsl(parts.query, keep_blank_values=True)))
+
+
 @dataclass
 class Task:
     id: str
     model: str
     body: dict[str, Any]
     polls: int = 0
+    polling_url: str | None = None  # the only URL that knows the task, when one was handed out
 
 
 @dataclass
@@ -85,10 +99,14 @@ class FakeBfl:
     malformed_polls: int = 0  # garbled JSON answers to this many polls
     poll_errors: int = 0  # 502 answers to this many polls
     omit_polling_url: bool = False
+    # The polling URL handed out ({host}, {id}); BFL's own example is this one, but the
+    # shape is BFL's to choose, which is why clients must not rebuild it.
+    polling_url_template: str = "https://{host}/v1/get_result?id={id}"
 
     tasks: dict[str, Task] = field(default_factory=dict)
     submissions: list[dict[str, Any]] = field(default_factory=list)
     polls: list[str] = field(default_factory=list)  # host of each poll
+    poll_urls: list[str] = field(default_factory=list)  # full URL of each poll
 
     def __post_init__(self) -> None:
         # Signed sample URLs live about ten minutes; tests shorten ``files.ttl_seconds``.
@@ -145,13 +163,15 @@ class FakeBfl:
         self.tasks[task.id] = task
         answer: dict[str, Any] = {"id": task.id}
         if not self.omit_polling_url:
-            answer["polling_url"] = f"https://{self.region_host}/v1/get_result?id={task.id}"
+            task.polling_url = self.polling_url_template.format(host=self.region_host, id=task.id)
+            answer["polling_url"] = task.polling_url
         return JSONResponse(answer)
 
     async def _get_result(self, request: Request) -> Response:
         if not self._authorized(request):
             return JSONResponse({"detail": "Not authenticated - Invalid Authentication"}, status_code=403)
         self.polls.append(request.url.hostname or "")
+        self.poll_urls.append(str(request.url))
         if self.hang_poll:
             await asyncio.sleep(3600)
         if self.poll_errors > 0:
@@ -163,7 +183,8 @@ class FakeBfl:
         task_id = request.query_params.get("id", "")
         task = self.tasks.get(task_id)
         empty = {"id": task_id, "result": None, "progress": None, "details": None, "preview": None}
-        if task is None:
+        elsewhere = task is not None and task.polling_url is not None
+        if task is None or (elsewhere and _where(str(request.url)) != _where(str(task.polling_url))):
             return JSONResponse({"id": task_id, "status": "Task not found"})
         task.polls += 1
         if task.polls <= self.pending_polls:

@@ -7,10 +7,16 @@ Protocol facts this relies on:
   joined by commas so that :meth:`BflAdapter.wait` can poll every one of them after a
   restart with nothing but that string.
 - The global host hands each task to a regional cluster and answers with a
-  ``polling_url`` on that cluster; only that cluster knows the task. The polling host is
-  kept next to each id (``<id>@<host>``) for the same reason. The key is only ever sent
-  to the configured host or another host of its domain, so a polling URL pointing
-  elsewhere is ignored in favour of ``/v1/get_result`` on the configured host.
+  ``polling_url`` on that cluster; only that cluster knows the task, and BFL asks clients
+  to poll that exact URL, never one rebuilt from the id or with the host swapped
+  (https://docs.bfl.ai/api_integration/integration_guidelines and
+  https://help.bfl.ai/articles/9532536301-which-api-endpoint-should-i-use, read
+  2026-12-02). So the URL is kept next to each id (``<id>@<polling_url>``) and polled as
+  given (a comma in it is sent percent-encoded, ``%2C``: commas separate the tasks). The key is only
+  ever sent to the configured host or another host of its domain, so a polling URL
+  pointing elsewhere is ignored in favour of ``/v1/get_result`` on the configured host,
+  as is a missing one. Ids written before kept only the host (``<id>@<host>``); those
+  are still polled at ``/v1/get_result`` on that host.
 - A poll answers ``status``: ``Pending`` (``progress`` appears once it runs), ``Ready``
   (``result.sample`` is a signed URL that expires after about ten minutes, handed to
   the worker to download at once), ``Request Moderated`` / ``Content Moderated`` (the
@@ -129,8 +135,8 @@ class BflAdapter:
             task_id = answer.get("id") if isinstance(answer, dict) else None
             if not isinstance(task_id, str) or not task_id or "," in task_id or "@" in task_id:
                 raise ProviderError("bse_provider_error", "bfl answered without a usable task id.", True)
-            host = self._polling_host(answer.get("polling_url"))
-            entries.append(f"{task_id}@{host}" if host and host != self._base_host else task_id)
+            polling_url = self._polling_url(answer.get("polling_url"))
+            entries.append(f"{task_id}@{polling_url.replace(',', '%2C')}" if polling_url else task_id)
         return ",".join(entries)
 
     async def _post(self, path: str, body: dict[str, Any], index: int) -> Any:
@@ -149,11 +155,14 @@ class BflAdapter:
                 await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
-    def _polling_host(self, polling_url: Any) -> str | None:
-        if not isinstance(polling_url, str):
+    def _polling_url(self, polling_url: Any) -> str | None:
+        """The polling URL as given, if the key may be sent there; otherwise None."""
+        if not isinstance(polling_url, str) or any(c.isspace() for c in polling_url):
             return None
-        host = (urlsplit(polling_url).hostname or "").lower()
-        return host if self._trusted(host) else None
+        parts = urlsplit(polling_url)
+        if parts.scheme not in ("https", self._scheme) or not self._trusted((parts.hostname or "").lower()):
+            return None
+        return polling_url
 
     def _trusted(self, host: str) -> bool:
         return bool(host) and (host == self._base_host or host.endswith("." + self._domain))
@@ -164,19 +173,24 @@ class BflAdapter:
         outputs = []
         predict_time = 0.0
         for entry in prediction_id.split(","):
-            task_id, _, host = entry.partition("@")
-            result = await self._wait_one(task_id, host or self._base_host)
+            task_id, _, where = entry.partition("@")
+            result = await self._wait_one(task_id, where)
             outputs.append(self._output(job, result))
             duration = result.get("duration")
             if isinstance(duration, int | float):
                 predict_time = max(predict_time, float(duration))
         return ProviderResult(outputs=outputs, predict_time=predict_time or None)
 
-    async def _wait_one(self, task_id: str, host: str) -> dict[str, Any]:
-        if not self._trusted(host):
-            host = self._base_host
-        url = f"{self._scheme}://{host}/v1/get_result"
-        data = await self.http.poll_while(url, _pending, params={"id": task_id})
+    async def _wait_one(self, task_id: str, where: str) -> dict[str, Any]:
+        """Poll one task: at its polling URL as given (``where`` holds one), else at
+        ``/v1/get_result`` on the host ``where`` names (ids written before) or the configured one."""
+        polling_url = self._polling_url(where) if "://" in where else None
+        if polling_url is not None:
+            data = await self.http.poll_while(polling_url, _pending)
+        else:
+            host = where.lower() if "://" not in where and self._trusted(where.lower()) else self._base_host
+            url = f"{self._scheme}://{host}/v1/get_result"
+            data = await self.http.poll_while(url, _pending, params={"id": task_id})
         status = dig(data, "status")
         if status == "Ready":
             result = dig(data, "result")
