@@ -89,7 +89,7 @@ class Generation(Base):
     status: Mapped[str] = mapped_column(String(12))
     provider_order: Mapped[list[str]]
     provider_used: Mapped[str | None] = mapped_column(String(40))
-    prediction_id: Mapped[str | None] = mapped_column(String(200))
+    prediction_id: Mapped[str | None] = mapped_column(String(2000))  # every task of a job: 0010
     prompt: Mapped[str] = mapped_column(Text)
     ratio: Mapped[str | None] = mapped_column(String(20))
     output_format: Mapped[str | None] = mapped_column(String(10))

@@ -135,9 +135,26 @@ class BflAdapter:
             task_id = answer.get("id") if isinstance(answer, dict) else None
             if not isinstance(task_id, str) or not task_id or "," in task_id or "@" in task_id:
                 raise ProviderError("bse_provider_error", "bfl answered without a usable task id.", True)
-            polling_url = self._polling_url(answer.get("polling_url"))
-            entries.append(f"{task_id}@{polling_url.replace(',', '%2C')}" if polling_url else task_id)
+            entries.append(self._entry(task_id, self._polling_url(answer.get("polling_url"))))
         return ",".join(entries)
+
+    def _entry(self, task_id: str, polling_url: str | None) -> str:
+        """How the task is kept in the prediction id, which records show and which is stored in
+        200 characters: the usual polling URL (``/v1/get_result?id=`` on a host) as the short
+        ``<id>@<host>`` it is rebuilt from, identically; any other one whole."""
+        if polling_url is None:
+            return task_id
+        parts = urlsplit(polling_url)
+        host = (parts.hostname or "").lower()
+        if (
+            parts.scheme == self._scheme
+            and parts.port is None
+            and parts.path == "/v1/get_result"
+            and parts.query == f"id={task_id}"
+            and not parts.fragment
+        ):
+            return task_id if host == self._base_host else f"{task_id}@{host}"
+        return f"{task_id}@{polling_url.replace(',', '%2C')}"
 
     async def _post(self, path: str, body: dict[str, Any], index: int) -> Any:
         for attempt in range(_LATER_TASK_RATE_LIMIT_RETRIES + 1):
