@@ -6,13 +6,38 @@ event is written (or not) together with the movement that crossed the threshold.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select, update
+from typing import cast
+
+from sqlalchemy import Table, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.credits.money import to_credits
 from genplane.db.engine import Database
 from genplane.db.models import Account, CreditAlert
 from genplane.webhooks.outbox import emit
+
+#: Core statements on the table: these run in every create and every ending, where the ORM's
+#: bulk-update path (session synchronisation) cost more than the statement.
+_ALERTS = cast(Table, CreditAlert.__table__)
+_REARM = (
+    update(_ALERTS)
+    .where(
+        _ALERTS.c.account_id == bindparam("aid"),
+        _ALERTS.c.armed.is_(False),
+        _ALERTS.c.threshold_millis <= bindparam("balance"),
+    )
+    .values(armed=True)
+)
+_FIRE = (
+    update(_ALERTS)
+    .where(
+        _ALERTS.c.account_id == bindparam("aid"),
+        _ALERTS.c.armed.is_(True),
+        _ALERTS.c.threshold_millis > bindparam("balance"),
+    )
+    .values(armed=False)
+    .returning(_ALERTS.c.threshold_millis)
+)
 
 DEFAULT_THRESHOLD_MILLIS = 500
 MAX_THRESHOLDS = 10
@@ -24,29 +49,13 @@ async def check_low_balance(
     """After the balance ``fell``, fire the armed thresholds it is now below; after it rose,
     re-arm those it is back above. A movement can only do one of the two, so each call
     is one statement on the create path, not two."""
+    params = {"aid": account_id, "balance": balance_millis}
     if not fell:
-        await s.execute(
-            update(CreditAlert)
-            .where(
-                CreditAlert.account_id == account_id,
-                CreditAlert.armed.is_(False),
-                CreditAlert.threshold_millis <= balance_millis,
-            )
-            .values(armed=True)
-        )
+        await s.execute(_REARM, params)
         return []
     fired = list(
         (
-            await s.scalars(
-                update(CreditAlert)
-                .where(
-                    CreditAlert.account_id == account_id,
-                    CreditAlert.armed.is_(True),
-                    CreditAlert.threshold_millis > balance_millis,
-                )
-                .values(armed=False)
-                .returning(CreditAlert.threshold_millis)
-            )
+            await s.scalars(_FIRE, params)
         ).all()
     )
     if fired:

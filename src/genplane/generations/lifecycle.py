@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import JSON, Row, Table, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import JSON, Row, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from genplane.clock import as_utc, utcnow
@@ -119,8 +119,9 @@ async def admit(s: AsyncSession, gen: Generation, max_inflight: int) -> None:
     ledger entry and the commit only, not the whole create (holding it longer serialised an
     account's creates and completions across processes: bench/scale.py).
     """
-    s.add(gen)
-    await s.flush()
+    # A prebuilt Core insert (the object stays detached, as every generation the worker and the
+    # service hold): the ORM's unit of work, or a statement built per call, cost more than it.
+    await s.execute(_INSERT_GEN, {column.key: getattr(gen, column.key) for column in _GEN.columns})
     await events.announce(s, events.JOBS, gen.id)  # wakes a worker of any process at commit
     params = {"aid": gen.account_id, "cap": max_inflight, "cost": gen.cost_millis, "now": utcnow()}
     for _ in range(3):
@@ -163,6 +164,10 @@ async def _landed(s: AsyncSession, gen: Generation, refund_millis: int | None) -
 # The worker's hot statements, built once: a job is claimed and ended with one UPDATE each,
 # which returns what the caller needs instead of reading the row again.
 _GEN = cast(Table, Generation.__table__)
+_INSERT_GEN = insert(_GEN)
+_NOTE_PREDICTION = (
+    update(_GEN).where(_GEN.c.id == bindparam("gid")).values(provider_state=bindparam("state", type_=JSON))
+)
 _ROW = tuple(_GEN.c)
 #: Returned beside the row: whether its account has webhook endpoints at all (most have none,
 #: and then the event costs no lookup). The account is looked up by the bound id, not
@@ -318,9 +323,8 @@ async def release_leases(s: AsyncSession, owner: str) -> None:
 async def note_prediction(s: AsyncSession, generation_id: str, provider: str, prediction_id: str) -> None:
     """Remember the upstream job, so a cancel from any process can stop it."""
     await s.execute(
-        update(Generation)
-        .where(Generation.id == generation_id)
-        .values(provider_state={"provider": provider, "prediction_id": prediction_id})
+        _NOTE_PREDICTION,
+        {"gid": generation_id, "state": {"provider": provider, "prediction_id": prediction_id}},
     )
 
 

@@ -291,7 +291,7 @@ class Worker:
         cost = gen.cost_millis if outcome == AttemptOutcome.CANCELED else 0
         metrics.provider_attempt_ended(provider_id, outcome, started)
         async with self.db.write() as s:
-            repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
+            await repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
 
     async def _store(self, gen: Generation, outputs: list[ProviderOutput]) -> list[StoredFile]:
         stored: list[StoredFile] = []
@@ -332,7 +332,7 @@ class Worker:
                 success.predict_time,
                 charge_millis=self._charge(gen, len(stored)),
             )
-            repo.record_attempt(
+            await repo.record_attempt(
                 s,
                 gen,
                 provider_id,
