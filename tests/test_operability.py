@@ -26,6 +26,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.sql import Select
 from structlog.testing import capture_logs
 
+from genplane.api import services as services_module
 from genplane.api.app import create_app
 from genplane.api.blocklist import ip_subject
 from genplane.api.openapi import app_spec
@@ -394,3 +395,11 @@ async def test_a_metric_that_fails_to_record_never_fails_the_transaction(
             await ledger.reserve(s, caller.account_id, str(uuid.uuid4()), 1000)
     assert await ledger.balance_millis(harness.services.db, caller.account_id) == balance - 1000
     assert [e["where"] for e in logs if e["event"] == "metrics_recording_failed"] == ["on_commit"]
+
+
+async def test_a_part_that_does_not_stop_is_logged_and_shutdown_goes_on() -> None:
+    """A stopping process never hangs on one of its parts: it names it and goes on."""
+    never = asyncio.Event()
+    with capture_logs() as logs:
+        await services_module._bounded("stuck", never.wait(), seconds=0.05)
+    assert [(e["event"], e["part"]) for e in logs] == [("stop_timed_out", "stuck")]

@@ -8,9 +8,13 @@ the roles need, the cross-process listener included when the database carries no
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+import structlog
 from redis.asyncio import Redis
 
 from genplane.accounts.auth_cache import forget_announced
@@ -29,6 +33,8 @@ from genplane.storage.store import FileStore
 from genplane.usage.anomalies import AnomalyRecorder
 from genplane.usage.recorder import UsageRecorder
 from genplane.webhooks.delivery import WebhookDispatcher
+
+log = structlog.get_logger("genplane")
 
 
 @dataclass
@@ -78,17 +84,33 @@ class Services:
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         """Stop what :meth:`start` started; a worker lets its jobs run ``drain_seconds`` more,
-        then hands the rest back to the other workers."""
+        then hands the rest back to the other workers.
+
+        Each part gets a bounded time: a part that does not stop is logged by name and the
+        rest still stop, so a shutdown never hangs (what it left undone is what a crash
+        leaves: leases expire, counters were flushed every second)."""
         api, worker = self._roles
         if worker:
-            await self.worker.stop(drain_seconds)
-            await self.webhooks.stop()
+            await _bounded("worker", self.worker.stop(drain_seconds), drain_seconds + STOP_SECONDS)
+            await _bounded("webhooks", self.webhooks.stop())
         if self.listener is not None:
-            await self.listener.stop()
+            await _bounded("listener", self.listener.stop())
         if api:
-            await self.usage.stop()
-            await self.anomalies.stop()
-        await self.http.aclose()
+            await _bounded("usage", self.usage.stop())
+            await _bounded("anomalies", self.anomalies.stop())
+        await _bounded("http", self.http.aclose())
         if self.redis is not None:
-            await self.redis.aclose()
-        await self.db.dispose()
+            await _bounded("redis", self.redis.aclose())
+        await _bounded("database", self.db.dispose())
+
+
+#: How long one part of a stopping process may take (beyond the worker's drain).
+STOP_SECONDS = 15.0
+
+
+async def _bounded(part: str, awaitable: Awaitable[Any], seconds: float = STOP_SECONDS) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await awaitable
+    except TimeoutError:
+        log.error("stop_timed_out", part=part, seconds=seconds)
