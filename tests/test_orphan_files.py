@@ -159,6 +159,43 @@ async def test_a_reclaimed_attempt_removes_the_earlier_attempts_files(
         assert (await caller.client.get(url)).status_code == 200
 
 
+async def test_an_attempt_taken_over_removes_its_own_files_while_the_new_owner_runs(
+    harness: Harness, caller: Caller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker re-claimed the job (this one's lease lapsed) while this one stored its
+    outputs: its finish loses, and what it stored goes at once, though the job is still running
+    under the other worker's lease (which a record-based clean-up has to leave alone)."""
+    store = harness.services.store
+    original = store.put
+    written: list[StoredFile] = []
+
+    async def taken_over_while_storing(
+        gid: str, index: int, ext: str, data: bytes, content_type: str
+    ) -> StoredFile:
+        stored = await original(gid, index, ext, data, content_type)
+        written.append(stored)
+        if index == 1:
+            await set_row(
+                harness, gid, lease_owner="other-host:1:abcdef01",
+                lease_expires_at=utcnow() + timedelta(seconds=60), claims=2,
+            )
+        return stored
+
+    monkeypatch.setattr(store, "put", taken_over_while_storing)
+    gid = await create(caller, outputs=2)
+
+    async def both_stored_and_gone() -> bool:
+        return len(written) == 2 and not files_of(harness, gid)
+
+    await wait_until(both_stored_and_gone, "the taken-over attempt's files to be removed")
+    async with harness.services.db.read() as s:
+        gen = await s.get(Generation, gid, populate_existing=True)
+        assert gen is not None
+        assert (gen.status, gen.lease_owner, gen.output_files) == (
+            "processing", "other-host:1:abcdef01", None
+        )
+
+
 # -- what a crash leaves: the sweep -------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ route's presigned redirects, the settings that pick the store, and a generation 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Callable
@@ -130,6 +131,45 @@ async def test_delete_except_keeps_the_listed_keys(
     assert await bucket_keys(moto_endpoint, s3_bucket) == {f"out/puts/{files[1].key}"}
     assert await store.read(files[1].key) == PNG
     assert await store.read(files[0].key) is None
+
+
+async def test_delete_files_removes_exactly_those_keys(
+    store: ObjectFileStore, moto_endpoint: str, s3_bucket: str
+) -> None:
+    g = gid()
+    files = [await store.put(g, i, "png", PNG, "image/png") for i in range(3)]
+    assert await store.delete_files([files[0].key, files[2].key, "../not-a-key"]) == 2
+    assert await bucket_keys(moto_endpoint, s3_bucket) == {f"out/puts/{files[1].key}"}
+
+
+async def test_a_canceled_put_leaves_no_file_even_when_the_upload_lands_after_the_cancel(
+    store: ObjectFileStore, moto_endpoint: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A canceled await does not stop a request already sent: the object can land afterwards
+    (obstore's upload runs on its own runtime). The put waits for it and removes it."""
+    original = store._write
+    started, release = asyncio.Event(), asyncio.Event()
+    uploads: list[asyncio.Future[None]] = []
+
+    async def on_the_wire(key: str, data: bytes, attributes: Any = None) -> None:
+        async def upload() -> None:
+            await release.wait()
+            await original(key, data, attributes)
+
+        uploads.append(asyncio.ensure_future(upload()))
+        started.set()
+        await asyncio.shield(uploads[-1])
+
+    monkeypatch.setattr(store, "_write", on_the_wire)
+    g = gid()
+    put = asyncio.create_task(store.put(g, 0, "png", PNG, "image/png"))
+    await asyncio.wait_for(started.wait(), 10)
+    put.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await put
+    await uploads[0]
+    assert await bucket_keys(moto_endpoint, s3_bucket, prefix=f"out/puts/{g}") == set()
 
 
 async def test_generation_ids_pages_in_order_within_the_prefix(

@@ -566,7 +566,7 @@ async def test_one_heartbeat_renews_every_lease_and_stops_jobs_ended_elsewhere(
     def seen(_c: Any, _cur: Any, sql: str, *_: Any) -> None:
         statements.append(sql)
 
-    engine = h.services.db.write_engine.sync_engine
+    engine = h.services.db.lease_engine.sync_engine
     event.listen(engine, "before_cursor_execute", seen)
     try:
         await worker.heartbeat()
@@ -590,6 +590,36 @@ async def test_one_heartbeat_renews_every_lease_and_stops_jobs_ended_elsewhere(
     record = await caller.wait(ids[0])
     assert record["generation_status"] == "canceled"
     assert set(await ledger_of(h, ids[0])) == {"reserve", "refund"}
+
+
+async def test_leases_are_renewed_while_jobs_hold_every_pooled_connection(
+    database_url: str, harness_factory: Callable[..., Any]
+) -> None:
+    """On PostgreSQL the heartbeat has a connection of its own: queued behind a busy pool for
+    longer than the lease, it would let leases lapse and another worker run the jobs again."""
+    h: Harness = await harness_factory(
+        database_url=database_url, database_pool_size=2, local_provider_delay_seconds=60,
+        lease_seconds=600,
+    )
+    caller = await h.caller(credits="1")
+    worker = h.services.worker
+    gid = (await caller.create_image()).json()["data"]["generation_id"]
+    await eventually(lambda: gid in worker._leased)
+    db = h.services.db
+    async with db.read() as s:
+        before = await s.scalar(select(Generation.lease_expires_at).where(Generation.id == gid))
+    held = [await db.write_engine.connect() for _ in range(2)]  # the whole shared pool
+    try:
+        await asyncio.wait_for(worker.heartbeat(), 10)
+    except TimeoutError:
+        raise AssertionError("the heartbeat waited for the shared pool") from None
+    finally:
+        for conn in held:
+            await conn.close()
+    async with db.read() as s:
+        after = await s.scalar(select(Generation.lease_expires_at).where(Generation.id == gid))
+    assert before is not None and after is not None and after > before
+    assert gid in worker._leased
 
 
 async def test_an_api_only_process_queues_nothing(harness_factory: Callable[..., Any]) -> None:

@@ -87,8 +87,9 @@ class Settings(BaseSettings):
         ge=1,
         le=500,
         description="PostgreSQL connections one process holds at most (plus one that listens for "
-        "other processes' notifications). Size processes x (this + 1) below the server's "
-        "max_connections; jobs and requests wait their turn for a connection.",
+        "other processes' notifications and, where jobs run, one that renews their leases). Size "
+        "processes x (this + 2) below the server's max_connections; jobs and requests wait their "
+        "turn for a connection.",
     )
     redis_url: str = Field(
         "",

@@ -172,6 +172,7 @@ class Database:
         self.busy_seconds = busy_seconds
         self.is_sqlite = url.startswith("sqlite")
         self._checkpointer: _Checkpointer | None = None
+        self._lease_engine: AsyncEngine | None = None
         if self.is_sqlite:
             path = make_url(url).database or ":memory:"
             self.write_engine = _sqlite_engine(url, path, "BEGIN IMMEDIATE", busy_timeout_ms=0)
@@ -181,7 +182,8 @@ class Database:
             self._checkpointer = _Checkpointer(path)
         else:
             # A fixed pool: each process holds at most ``pool_size`` connections (and the listener's
-            # one), so processes x (pool_size + 1) can be sized below the server's max_connections.
+            # one and the lease renewals' one), so processes x (pool_size + 2) can be sized below
+            # the server's max_connections.
             self.write_engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=0, pool_timeout=60,
                 json_serializer=_json_text, json_deserializer=orjson.loads,
@@ -190,6 +192,11 @@ class Database:
             # One statement is its own snapshot here too: without BEGIN and ROLLBACK around it,
             # a poll costs one round trip to the server instead of three.
             self.statement_engine = self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
+            # The worker's lease renewals get a connection of their own: queued behind thousands
+            # of jobs' writes for a busy pool, a heartbeat would let leases lapse and another
+            # worker would run (and pay a provider for) the same jobs again.
+            self._lease_engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+            self._lease_writes = async_sessionmaker(self._lease_engine, expire_on_commit=False)
         self._writes = async_sessionmaker(self.write_engine, expire_on_commit=False)
         self._reads = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -212,6 +219,23 @@ class Database:
             finally:
                 if self._checkpointer is not None:
                     self._checkpointer.wrote()
+
+    @property
+    def lease_engine(self) -> AsyncEngine:
+        """The engine :meth:`lease_write` runs on."""
+        return self._lease_engine or self.write_engine
+
+    @asynccontextmanager
+    async def lease_write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction that never waits for the shared pool (on PostgreSQL): for
+        renewing leases, whose lateness costs a duplicate run of every job they hold. SQLite
+        has one writer at a time either way: there it is :meth:`write`."""
+        if self._lease_engine is None:
+            async with self.write() as session:
+                yield session
+            return
+        async with self._lease_writes() as session, session.begin():
+            yield session
 
     async def _begin_immediate(self, session: AsyncSession) -> None:
         """Take SQLite's write lock, yielding to the loop while another process holds it."""
@@ -248,6 +272,8 @@ class Database:
         if self._checkpointer is not None:
             await self._checkpointer.stop()
         await self.write_engine.dispose()
+        if self._lease_engine is not None:
+            await self._lease_engine.dispose()
         if self.read_engine is not self.write_engine:
             await self.read_engine.dispose()
             await self.statement_engine.dispose()

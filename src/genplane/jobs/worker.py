@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from genplane.catalog.loader import Catalog
 from genplane.catalog.pricing import delivered_cost_millis
@@ -46,6 +47,9 @@ log = structlog.get_logger("genplane.worker")
 
 #: What a tenant is told when a job failed on something genplane did not foresee.
 UNEXPECTED_FAILURE = "The generation failed because of an internal error."
+
+#: Tries at storing one output before the generation fails with bse_storage_error.
+STORE_ATTEMPTS = 3
 
 #: Jobs one process runs at once when ``worker_concurrency`` is unset: at least and at most.
 #: The floor is the provider HTTP client's connection limit (providers.registry): beyond it,
@@ -219,9 +223,10 @@ class Worker:
             # Canceled, taken over or shut down, maybe between storing and finishing.
             await asyncio.shield(self._drop_files(gid))
             raise
-        except OperationalError:
-            # The database, not the job, is at fault (locked, connection lost): let the
-            # lease lapse so the sweeper runs the job again once the database is back.
+        except (OperationalError, PoolTimeout):
+            # The database, not the job, is at fault (locked, connection lost, no connection
+            # free in time): let the lease lapse so the sweeper runs the job again once the
+            # database is back; the next claim removes what this attempt stored.
             raise
         except Exception:
             # A bug hit by this job would hit it again on every re-claim, holding the
@@ -245,7 +250,7 @@ class Worker:
         if not self._leased:
             return
         held = set(self._leased)
-        async with self.db.write() as s:
+        async with self.db.lease_write() as s:
             renewed = await lifecycle.extend_leases(s, self.owner, self.settings.lease_seconds)
         # A job that began ending since ``held`` was taken left ``_leased`` first: not stopped.
         lost = (held - renewed) & self._leased
@@ -294,28 +299,48 @@ class Worker:
             await repo.record_attempt(s, gen, provider_id, outcome, started, error, message, cost_millis=cost)
 
     async def _store(self, gen: Generation, outputs: list[ProviderOutput]) -> list[StoredFile]:
+        """Store every output, or none: an attempt interrupted midway (canceled, taken over,
+        storage down) removes what it had stored, which no record lists."""
         stored: list[StoredFile] = []
-        for index, output in enumerate(outputs):
-            assert output.data is not None  # the chain downloaded every URL output
-            for attempt in range(3):
-                try:
-                    stored.append(
-                        await self.store.put(gen.id, index, output.ext, output.data, output.content_type)
-                    )
-                    break
-                except StorageError as exc:
-                    # The detail names local paths: the log gets it, the tenant a stable message.
-                    log.warning(
-                        "output_store_failed",
-                        generation_id=gen.id,
-                        attempt=attempt + 1,
-                        error=exc.summary,
-                        detail=exc.detail,
-                    )
-                    if attempt == 2:
-                        raise ChainFailed("bse_storage_error", "Storing an output failed.", []) from exc
-                    await asyncio.sleep(0.2 * (attempt + 1))
+        try:
+            for index, output in enumerate(outputs):
+                assert output.data is not None  # the chain downloaded every URL output
+                stored.append(await self._store_one(gen, index, output))
+        except BaseException:
+            await asyncio.shield(self._delete_own(gen.id, stored))
+            raise
         return stored
+
+    async def _store_one(self, gen: Generation, index: int, output: ProviderOutput) -> StoredFile:
+        assert output.data is not None
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self.store.put(gen.id, index, output.ext, output.data, output.content_type)
+            except StorageError as exc:
+                # The detail names local paths: the log gets it, the tenant a stable message.
+                log.warning(
+                    "output_store_failed",
+                    generation_id=gen.id,
+                    attempt=attempt,
+                    error=exc.summary,
+                    detail=exc.detail,
+                )
+                if attempt == STORE_ATTEMPTS:
+                    raise ChainFailed("bse_storage_error", "Storing an output failed.", []) from exc
+                await asyncio.sleep(0.2 * attempt)
+
+    async def _delete_own(self, gid: str, stored: list[StoredFile]) -> None:
+        """Delete this attempt's own files, which no record lists: exactly those, so it works
+        whoever holds the job now (a record-based clean-up must leave a job running under
+        another worker's lease alone)."""
+        if not stored:
+            return
+        try:
+            await self.store.delete_files([f.key for f in stored])
+        except Exception:  # the sweep removes them later
+            log.exception("orphan_files_not_deleted", generation_id=gid)
 
     async def _complete(self, gen: Generation, success: ChainSuccess) -> None:
         provider_id = success.provider
@@ -345,9 +370,9 @@ class Worker:
         )
         await self.waiters.notify(gen.id)
         if not won:
-            # Canceled (or taken over) while the provider worked: the files belong to nobody,
-            # unless the job now runs elsewhere, whose worker cleans up when it ends.
-            await self._drop_files(gen.id)
+            # Canceled (or taken over) while the provider worked: this attempt's files belong
+            # to nobody, even while another worker still runs the job.
+            await self._delete_own(gen.id, stored)
             return
         if gen.claims > 1:  # an earlier attempt may still have been storing when re-claimed
             await self._drop_files(gen.id)

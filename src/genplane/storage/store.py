@@ -86,6 +86,7 @@ class FileStore(Protocol):
         self, key: str, start: int, stop: int, chunk_bytes: int
     ) -> AsyncIterator[bytes] | None: ...
     async def delete_generation(self, generation_id: str) -> int: ...
+    async def delete_files(self, keys: Collection[str]) -> int: ...
     async def delete_except(self, generation_id: str, keep_keys: Collection[str]) -> int: ...
     async def generation_ids(self, after: str | None, limit: int) -> list[str]: ...
     async def health(self) -> StorageHealth: ...
@@ -111,8 +112,21 @@ class ObstoreFileStore(ABC):
             key = new_file_key(generation_id, index, ext)
         except ValueError as exc:
             raise StorageError("Writing a file to storage failed.", str(exc)) from exc
-        await self._write(key, data, self._attributes(content_type))
+        await self._settled_write(key, data, self._attributes(content_type))
         return StoredFile(key=key, url=f"{self._base}/files/{key}", size=len(data), content_type=content_type)
+
+    async def _settled_write(self, key: str, data: bytes, attributes: Attributes | None) -> None:
+        """A write that leaves no file when canceled: a canceled await does not stop an upload
+        already on the wire, which could land after whoever cleans up the generation has looked
+        (a job taken over by another worker is canceled mid-upload), so wait for it and remove it."""
+        write = asyncio.ensure_future(self._write(key, data, attributes))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await write
+                await self._remove(key)
+            raise
 
     def _attributes(self, content_type: str) -> Attributes | None:
         """What the object itself records (a local store records nothing)."""
@@ -169,6 +183,15 @@ class ObstoreFileStore(ABC):
     # -- deleting --------------------------------------------------------------------------
     async def delete_generation(self, generation_id: str) -> int:
         return await self.delete_except(generation_id, ())
+
+    async def delete_files(self, keys: Collection[str]) -> int:
+        """Delete exactly these files (an attempt's own outputs that no record took); returns
+        how many were there."""
+        deleted = 0
+        for key in keys:
+            if is_file_key(key) and await self._remove(key):
+                deleted += 1
+        return deleted
 
     async def delete_except(self, generation_id: str, keep_keys: Collection[str]) -> int:
         """Delete the generation's files that are not in ``keep_keys``; returns how many.
