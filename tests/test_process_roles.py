@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -60,6 +61,43 @@ def test_serve_workers_runs_n_processes_on_one_port_and_replaces_one_that_dies(s
             assert client.get("/v1/status", headers={"Authorization": f"Bearer {key}"}).status_code == 200
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=60) == 0
+    server.proc = None
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_stopping_serve_workers_refuses_new_connections_while_its_children_drain(
+    server: Server,
+) -> None:
+    """SIGTERM: the parent and every draining child let go of the port, so a new connection is
+    refused at once (a load balancer moves on) rather than queued where nobody accepts it."""
+    key = server.init()
+    server.start(
+        "--workers", "2", GENPLANE_WORKER_DRAIN_SECONDS="60", GENPLANE_LOCAL_PROVIDER_DELAY_SECONDS="30"
+    )
+    assert server.proc is not None
+    parent = server.proc.pid
+    until(lambda: len(children(parent)) == 2)
+    server.socket.close()  # the test's own copy, kept for restarts, would hold the port open
+    with httpx.Client(base_url=server.base_url, trust_env=False, timeout=10) as client:
+        created = client.post(
+            "/v1/generate/image/local/preview-image", json={"generation_prompt": "a fox"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert created.status_code == 200, created.text
+    server.proc.send_signal(signal.SIGTERM)
+    until(lambda: refused(server.port))
+    draining = children(parent)
+    assert draining, "the children had already exited: nothing was draining"
+    for pid in draining:
+        subprocess.run(["kill", "-KILL", str(pid)], check=False)
+    assert server.proc.wait(timeout=30) is not None
     server.proc = None
 
 

@@ -12,6 +12,7 @@ cap leaves descriptors free for the database, storage and provider calls.
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import socket
 from dataclasses import dataclass
@@ -135,6 +136,12 @@ def connection_cap(max_connections: int, open_file_limit: int, fd_reserve: int) 
 class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self.config.fd is not None and self.servers:
+            # uvicorn listens on a duplicate of the inherited descriptor and closes that one when
+            # it stops accepting; closing the original now means a draining process no longer
+            # holds the port open, so once every holder stops, new connections are refused
+            # (another instance takes them) instead of waiting in a backlog nobody accepts.
+            os.close(self.config.fd)
         # The actual address, so that `--port 0` (any free port) is usable.
         name = self.servers[0].sockets[0].getsockname() if self.servers else None
         if isinstance(name, tuple):

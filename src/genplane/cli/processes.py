@@ -113,6 +113,9 @@ async def supervise(processes: int, sock: socket.socket, settings: Settings) -> 
                     await start_one()
     finally:
         stopping.cancel()
+        # No child is started again: the parent's copy of the port goes, so that once the
+        # children stop accepting, new connections are refused instead of queueing unanswered.
+        sock.close()
         for child, _ in children.values():
             with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGTERM)
