@@ -20,6 +20,7 @@ from genplane.catalog.costs import BindingCost, CostRequest, cost_of, dec
 from genplane.catalog.loader import load_catalog, margins
 from genplane.catalog.pricing import binding_refusal
 from genplane.providers import bfl, cloudflare
+from genplane.providers import fal as fal_adapter
 from tests.conftest import Harness
 from tests.fakes import alibabacloud, byteplus, fal, google, openai, replicate, runway, selfhosted
 from tests.fakes import cloudflare as fake_cloudflare
@@ -122,7 +123,8 @@ def test_costs_in_the_providers_units_are_exact() -> None:
 
 def test_the_catalogue_sizes_are_the_ones_the_adapters_send() -> None:
     """Tile and megapixel costs are computed from ``output_sizes``: they must not drift."""
-    sizers = {"bfl": bfl.dimensions, "cloudflare": cloudflare.dimensions}
+    sizers = {"bfl": bfl.dimensions, "cloudflare": cloudflare.dimensions,
+              "fal": fal_adapter.dimensions}
     checked = 0
     for model in load_catalog().models.values():
         for provider, binding in model.providers.items():
@@ -145,7 +147,8 @@ def test_the_packaged_catalogue_has_no_dead_model_and_prices_cover_the_issue_fig
     assert catalog.models["bfl/flux-2-pro"].model_pricing >= 0.045  # type: ignore[operator]
     assert catalog.models["leonardo/lucid-origin"].model_pricing >= 0.029  # type: ignore[operator]
     lite = catalog.models["bytedance/seedance-1-lite"].model_pricing
-    assert isinstance(lite, dict) and lite["720p"] >= 0.039 and lite["1080p"] >= 0.088
+    # BytePlus bills the 21:9 720p frame (1504x640) and the 1080p 16:9 one (1920x1088) in full.
+    assert isinstance(lite, dict) and lite["720p"] >= 0.0407 and lite["1080p"] >= 0.0882
     qwen = catalog.models["qwen/qwen-image"].providers["replicate"]
     assert qwen.fields["generation_output_number"] == ""  # no num_outputs on Replicate
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from genplane.providers import fal
 from genplane.providers.base import ProviderError
 from genplane.providers.fal import FalAdapter, app_id
 from tests import provider_contract as contract
@@ -66,6 +67,17 @@ async def test_ratios_without_a_preset_are_sent_as_width_and_height(rig: Rig) ->
     size = rig.fake.submitted[0]["body"]["image_size"]
     assert size["width"] % 16 == 0 and size["height"] % 16 == 0
     assert abs(size["width"] / size["height"] - 21 / 9) < 0.05
+    # fal bills each started megapixel: 1568x672, the nearest size to one, was billed as two.
+    assert size["width"] * size["height"] <= 1024 * 1024
+
+
+@pytest.mark.parametrize("ratio", ["21:9", "9:21", "3:2", "2:3", "4:5", "5:4", "2:1", "1:2"])
+def test_sizes_without_a_preset_stay_within_one_billed_megapixel(ratio: str) -> None:
+    width, height = fal.dimensions(ratio)
+    assert width * height <= 1024 * 1024 and width % 16 == 0 and height % 16 == 0
+    assert width * height > 0.9 * 1024 * 1024  # as large as the megapixel allows
+    w, h = (int(part) for part in ratio.split(":"))
+    assert abs(width / height - w / h) / (w / h) < 0.05
 
 
 async def test_catalogue_overrides(rig: Rig) -> None:

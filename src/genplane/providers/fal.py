@@ -39,7 +39,7 @@ from genplane.providers.base import ProviderError, ProviderJob, ProviderOutput, 
 from genplane.providers.hosted_models import CustomaryNames, model_input, one_call_per_output
 from genplane.providers.http import ProviderHttp, dig, error_for_status, key_headers
 from genplane.providers.outputs import canceled_upstream, output_for
-from genplane.providers.sizes import aspect, size_near_area
+from genplane.providers.sizes import aspect, size_within_area
 from genplane.settings import Settings
 
 PROVIDER = "fal"
@@ -56,14 +56,18 @@ _TYPED_ERRORS: dict[str, ErrorName] = {
     "file_too_large": "bse_file_size_exceeded",
     "feature_not_supported": "bse_unsupported_parameter",
 }
-# Unified ratios -> fal's named ``image_size`` presets; others are sent as width/height.
+# Unified ratios -> fal's named ``image_size`` presets and the sizes fal gives them
+# (https://docs.fal.ai/documentation/model-apis/model-arguments); others are sent as width/height.
 _IMAGE_SIZE_PRESETS = {
-    "1:1": "square_hd",
-    "4:3": "landscape_4_3",
-    "16:9": "landscape_16_9",
-    "3:4": "portrait_4_3",
-    "9:16": "portrait_16_9",
+    "1:1": ("square_hd", (1024, 1024)),
+    "4:3": ("landscape_4_3", (1024, 768)),
+    "16:9": ("landscape_16_9", (1024, 576)),
+    "3:4": ("portrait_4_3", (768, 1024)),
+    "9:16": ("portrait_16_9", (576, 1024)),
 }
+#: fal bills per-megapixel models by each started megapixel of 1024 x 1024 pixels (its model
+#: pages: "billed by rounding up to the nearest megapixel"): sizes stay within one.
+_IMAGE_AREA = 1024 * 1024
 NAMES = CustomaryNames(
     output_number="num_images",
     image_input="image_urls",
@@ -91,14 +95,24 @@ def app_id(model_id: str) -> str:
 
 
 def image_size(ratio: str) -> str | dict[str, int]:
-    """fal's ``image_size`` for a unified ratio: a preset, or about a megapixel in 16-px steps."""
+    """fal's ``image_size`` for a unified ratio: a preset, or the largest size within a
+    megapixel in 16-px steps (1568x672 for 21:9 would be billed as two megapixels)."""
     preset = _IMAGE_SIZE_PRESETS.get(ratio)
     if preset:
-        return preset
+        return preset[0]
     if aspect(ratio, default=0.0) == 0.0:
         return "square_hd"
-    width, height = size_near_area(ratio, 1024 * 1024, 16)
+    width, height = size_within_area(ratio, _IMAGE_AREA, 16)
     return {"width": width, "height": height}
+
+
+def dimensions(ratio: str) -> tuple[int, int]:
+    """The pixels fal makes for :func:`image_size` (what a per-megapixel cost is computed on)."""
+    preset = _IMAGE_SIZE_PRESETS.get(ratio)
+    if preset:
+        return preset[1]
+    size = image_size(ratio)
+    return (1024, 1024) if isinstance(size, str) else (size["width"], size["height"])
 
 
 def _body(response: httpx.Response) -> Any:

@@ -43,6 +43,19 @@ def size_near_area(
     return width, snap(width / shape)
 
 
+def size_within_area(ratio: str, area: int, step: int = 16) -> tuple[int, int]:
+    """The largest size on a ``step`` grid in the ratio's shape whose area is at most ``area``:
+    for providers that bill each started megapixel, where a size a little over one megapixel
+    is billed as two."""
+    shape = aspect(ratio)
+    wide = max(shape, 1 / shape)  # the long side first, so 9:21 is 21:9 turned
+    long_side = max(step, math.floor(math.sqrt(area * wide) / step) * step)
+    short_side = max(step, math.floor(long_side / wide / step) * step)
+    while long_side * short_side > area and long_side > step:  # the short side clamped up
+        long_side -= step
+    return (long_side, short_side) if shape >= 1 else (short_side, long_side)
+
+
 def nearest_shape(ratio: str, sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """The size from ``sizes`` whose shape is closest to the ratio's."""
     shape = aspect(ratio)
