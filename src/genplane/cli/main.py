@@ -147,9 +147,8 @@ def worker(
     ] = None,
 ) -> None:
     """Run generation jobs, webhook deliveries and sweeps, without the API (scaled-out installs)."""
-    import asyncio
 
-    from genplane.cli.processes import run_worker
+    from genplane.cli.processes import run_on_fast_loop, run_worker
     from genplane.logs import configure_logging
 
     settings = get_settings()
@@ -157,7 +156,7 @@ def worker(
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     configure_logging(settings.log_level)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(run_worker(settings))
+    run_on_fast_loop(run_worker(settings))
 
 
 @app.command()

@@ -304,7 +304,6 @@ class Worker:
         stored: list[StoredFile] = []
         try:
             for index, output in enumerate(outputs):
-                assert output.data is not None  # the chain downloaded every URL output
                 stored.append(await self._store_one(gen, index, output))
         except BaseException:
             await asyncio.shield(self._delete_own(gen.id, stored))
@@ -312,7 +311,7 @@ class Worker:
         return stored
 
     async def _store_one(self, gen: Generation, index: int, output: ProviderOutput) -> StoredFile:
-        assert output.data is not None
+        assert output.data is not None  # the chain downloaded every URL output
         attempt = 0
         while True:
             attempt += 1
