@@ -38,7 +38,11 @@ async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: f
 def files_of(h: Harness, gid: str) -> set[str]:
     """The keys stored under a generation, as they are on disk."""
     root: Path = h.services.settings.files_dir
-    return {p.relative_to(root).as_posix() for p in (root / gid).rglob("*") if p.is_file()}
+    while True:
+        try:
+            return {p.relative_to(root).as_posix() for p in (root / gid).rglob("*") if p.is_file()}
+        except FileNotFoundError:  # a folder pruned while it was walked: look again
+            continue
 
 
 async def status_of(h: Harness, gid: str) -> str:
