@@ -17,6 +17,7 @@ from obstore.store import S3Store
 from pydantic import ValidationError
 
 from genplane.settings import Settings
+from genplane.storage import store as store_module
 from genplane.storage.factory import build_store
 from genplane.storage.s3 import ObjectFileStore
 from genplane.storage.store import PROBE_PREFIX, LocalFileStore, StorageError
@@ -170,6 +171,26 @@ async def test_a_canceled_put_leaves_no_file_even_when_the_upload_lands_after_th
         await put
     await uploads[0]
     assert await bucket_keys(moto_endpoint, s3_bucket, prefix=f"out/puts/{g}") == set()
+
+
+async def test_a_canceled_put_does_not_wait_forever_for_a_store_that_stopped_answering(
+    store: ObjectFileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopping worker cancels its jobs: a hung upload must not hold the stop up (whatever
+    lands later is the orphan sweep's)."""
+    started = asyncio.Event()
+
+    async def hung_write(key: str, data: bytes, attributes: Any = None) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(store, "_write", hung_write)
+    monkeypatch.setattr(store_module, "CANCELED_UPLOAD_WAIT_SECONDS", 0.2)
+    put = asyncio.create_task(store.put(gid(), 0, "png", PNG, "image/png"))
+    await asyncio.wait_for(started.wait(), 10)
+    put.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(put, 10)
 
 
 async def test_generation_ids_pages_in_order_within_the_prefix(

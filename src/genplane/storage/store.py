@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 # The health probe's folders: fresh for every probe, never shaped like a generation id.
 PROBE_PREFIX = "_health-"
+#: How long a canceled put waits for its upload to land before leaving it to the orphan
+#: sweep: a stopping worker must not hang on a store that stopped answering.
+CANCELED_UPLOAD_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,8 @@ class ObstoreFileStore(ABC):
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await write
+            with contextlib.suppress(Exception):  # failed or too slow: the sweep's to find
+                await asyncio.wait_for(write, CANCELED_UPLOAD_WAIT_SECONDS)
                 await self._remove(key)
             raise
 
