@@ -20,6 +20,7 @@ from sqlalchemy import update
 
 from genplane.clock import utcnow
 from genplane.db.models import Generation
+from genplane.generations.orphan_files import Attempt, drop_unrecorded
 from genplane.storage.store import StorageError, StoredFile
 
 from .conftest import Caller, Harness
@@ -198,6 +199,27 @@ async def test_an_attempt_taken_over_removes_its_own_files_while_the_new_owner_r
         assert (gen.status, gen.lease_owner, gen.output_files) == (
             "processing", "other-host:1:abcdef01", None
         )
+
+
+async def test_a_clean_up_left_from_an_earlier_run_spares_the_same_workers_later_run(
+    harness_factory: Callable[..., Any],
+) -> None:
+    """A worker that lost a job's lease can claim it again; the first run's clean-up, still
+    going (or delayed on the database), must not take the second run's files, which its
+    ending is about to record. A run is its owner and its claim, not the owner alone."""
+    h: Harness = await harness_factory(run_worker=False)
+    caller = await h.caller()
+    gid = await create(caller)
+    owner = h.services.worker.owner
+    await set_row(h, gid, status="processing", claims=2, started_at=utcnow(), lease_owner=owner,
+                  lease_expires_at=utcnow() + timedelta(seconds=60))
+    second_run = await h.services.store.put(gid, 0, "png", PNG, "image/png")
+    db, store = h.services.db, h.services.store
+
+    assert await drop_unrecorded(db, store, gid, Attempt(owner, 1)) == 0  # the earlier run
+    assert files_of(h, gid) == {second_run.key}
+    assert await drop_unrecorded(db, store, gid, Attempt(owner, 2)) == 1  # the run itself
+    assert files_of(h, gid) == set()
 
 
 # -- what a crash leaves: the sweep -------------------------------------------------------------------

@@ -17,6 +17,7 @@ cleans up when it ends.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import select
@@ -32,16 +33,29 @@ log = structlog.get_logger("genplane.orphan_files")
 SWEEP_BATCH = 200  # generation folders looked at per sweep tick
 
 
-def files_to_keep(gen: Generation | None, owner: str | None = None) -> list[str] | None:
+@dataclass(frozen=True)
+class Attempt:
+    """One run of a job: the worker holding the lease and the claim that started the run.
+
+    The owner alone does not name a run: a worker can claim the same job again after losing
+    its lease, and a clean-up left over from the earlier run must not take the later run's
+    files (which its ending is about to record) for orphans."""
+
+    owner: str
+    claims: int
+
+
+def files_to_keep(gen: Generation | None, attempt: Attempt | None = None) -> list[str] | None:
     """The keys a generation may keep; None when its files are not ours to judge.
 
-    ``owner`` is the worker asking: the job it holds the lease of has no files to keep
-    yet (a previous attempt's, or its own unfinished ones, are all orphans).
+    ``attempt`` is the run asking: while it holds the job, the job has no files to keep yet
+    (a previous attempt's, or its own unfinished ones, are all orphans).
     """
     if gen is None:
         return []  # the record is gone: so are its files
     if gen.status in ACTIVE:
-        return [] if owner is not None and gen.lease_owner == owner else None
+        current = attempt is not None and (gen.lease_owner, gen.claims) == (attempt.owner, attempt.claims)
+        return [] if current else None
     if gen.status != GenerationStatus.SUCCEEDED:
         return []
     return [str(f["key"]) for f in gen.output_files or [] if isinstance(f, dict) and f.get("key")]
@@ -61,12 +75,12 @@ async def _delete_except(store: FileStore, generation_id: str, keep: Sequence[st
 
 
 async def drop_unrecorded(
-    db: Database, store: FileStore, generation_id: str, owner: str | None = None
+    db: Database, store: FileStore, generation_id: str, attempt: Attempt | None = None
 ) -> int:
     """Delete the generation's stored files its record does not list; returns how many."""
     async with db.read() as s:
         gen = await s.get(Generation, generation_id, populate_existing=True)
-    keep = files_to_keep(gen, owner)
+    keep = files_to_keep(gen, attempt)
     if keep is None:
         return 0
     return await _delete_except(store, generation_id, keep)

@@ -32,7 +32,7 @@ from genplane.db.engine import Database
 from genplane.db.models import Generation
 from genplane.generations import lifecycle
 from genplane.generations import repository as repo
-from genplane.generations.orphan_files import FileSweep, drop_unrecorded
+from genplane.generations.orphan_files import Attempt, FileSweep, drop_unrecorded
 from genplane.generations.waiters import GenerationWaiters, LocalGenerationWaiters
 from genplane.ids import new_id
 from genplane.jobs.chain import ChainFailed, ChainSuccess, ProviderChain
@@ -214,14 +214,14 @@ class Worker:
             return
         if gen.claims > 1:
             # Claimed again after a lapsed lease: what the earlier attempt stored is no one's.
-            await self._drop_files(gid)
+            await self._drop_files(gen)
         try:
             await self._execute(gen)
         except ChainFailed as failed:
             await self._fail(gen, failed.error, failed.message, failed.provider_errors)
         except asyncio.CancelledError:
             # Canceled, taken over or shut down, maybe between storing and finishing.
-            await asyncio.shield(self._drop_files(gid))
+            await asyncio.shield(self._drop_files(gen))
             raise
         except (OperationalError, PoolTimeout):
             # The database, not the job, is at fault (locked, connection lost, no connection
@@ -255,6 +255,9 @@ class Worker:
         # A job that began ending since ``held`` was taken left ``_leased`` first: not stopped.
         lost = (held - renewed) & self._leased
         for gid in lost:
+            # Stopped once: a second cancel would cut its clean-up short and leave that running on
+            # after the task ends.
+            self._leased.discard(gid)
             task = self._running.get(gid)
             if task is not None:
                 self._user_canceled.add(gid)
@@ -374,7 +377,7 @@ class Worker:
             await self._delete_own(gen.id, stored)
             return
         if gen.claims > 1:  # an earlier attempt may still have been storing when re-claimed
-            await self._drop_files(gen.id)
+            await self._drop_files(gen)
 
     def _charge(self, gen: Generation, outputs: int) -> int:
         """What the generation pays for ``outputs`` delivered outputs: its reservation, or the
@@ -392,12 +395,13 @@ class Worker:
             audio=bool(gen.generate_audio),
         )
 
-    async def _drop_files(self, gid: str) -> None:
-        """Delete the generation's stored files that its record does not list."""
+    async def _drop_files(self, gen: Generation) -> None:
+        """Delete the generation's stored files that its record does not list, as this run of
+        the job (``gen`` as its claim left it) sees them."""
         try:
-            await drop_unrecorded(self.db, self.store, gid, self.owner)
+            await drop_unrecorded(self.db, self.store, gen.id, Attempt(self.owner, gen.claims))
         except Exception:  # the sweep tries again later
-            log.exception("orphan_files_check_failed", generation_id=gid)
+            log.exception("orphan_files_check_failed", generation_id=gen.id)
 
     async def _fail(
         self, gen: Generation, error: ErrorName, message: str, provider_errors: list[dict[str, Any]] | None
@@ -408,4 +412,4 @@ class Worker:
         await self.waiters.notify(gen.id)
         if won:
             log.info("generation_failed", generation_id=gen.id, error=error)
-        await self._drop_files(gen.id)  # outputs stored before the failure are not on the record
+        await self._drop_files(gen)  # outputs stored before the failure are not on the record
