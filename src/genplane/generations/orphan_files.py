@@ -9,9 +9,10 @@ removes them when a job ends or is re-claimed (:func:`drop_unrecorded`); the swe
 (:class:`FileSweep`) catches what a crash left, a bounded batch of generations per
 tick, walking the store's generation folders in order and starting over at the end.
 
-A generation still running under another worker's live lease is left alone: its
-files are not on the record *yet*, and that worker (or whoever re-claims the job)
-cleans up when it ends.
+A generation still running in another run (another worker's lease, or a later claim by
+the same worker) is left alone: its files are not on the record *yet*, and that run (or
+whoever re-claims the job) cleans up when it ends. An attempt's own files, which it knows
+by key, it deletes itself whoever holds the job.
 """
 
 from __future__ import annotations
