@@ -622,6 +622,39 @@ async def test_leases_are_renewed_while_jobs_hold_every_pooled_connection(
     assert gid in worker._leased
 
 
+async def test_a_burst_of_queued_jobs_is_claimed_a_few_at_a_time(
+    database_url: str, harness_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of queued jobs claimed all at once would all wait for a pooled connection
+    together, the claimed ones' leases running; claims go half a pool at a time instead."""
+    h: Harness = await harness_factory(database_url=database_url, database_pool_size=4, run_worker=False)
+    caller = await h.caller(credits="1")
+    ids = [(await caller.create_image()).json()["data"]["generation_id"] for _ in range(12)]
+    inside, most = 0, 0
+    claim = lifecycle.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        try:
+            return await claim(*args, **kwargs)
+        finally:
+            inside -= 1
+
+    monkeypatch.setattr(lifecycle, "claim", counted)
+    worker = h.services.worker
+    await worker.start()
+    try:
+        for gid in ids:
+            worker.enqueue(gid)
+        records = [await caller.wait(gid) for gid in ids]
+    finally:
+        await worker.stop()
+    assert {r["generation_status"] for r in records} == {"succeeded"}
+    assert 1 <= most <= 2
+
+
 async def test_an_api_only_process_queues_nothing(harness_factory: Callable[..., Any]) -> None:
     """With run_worker=false nobody consumes this process's queue: a hint kept there per
     create would only grow. The rows stay pending for the workers that sweep them."""

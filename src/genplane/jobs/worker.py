@@ -103,6 +103,11 @@ class Worker:
         self._started = False
         self.file_sweep = FileSweep(db, store)
         self.janitor = Janitor(db, settings)
+        #: Claims in progress at once: a burst of thousands of queued jobs would otherwise all
+        #: wait for a pooled connection together, each claimed job's lease running while the
+        #: rest of its work queues behind the others' claims (past the pool's 60 s timeout on
+        #: a starved loop). Unclaimed jobs wait here instead, holding no lease.
+        self._claiming = asyncio.Semaphore(max(1, settings.database_pool_size // 2))
         self.waiters: GenerationWaiters = LocalGenerationWaiters()  # woken after terminal commits
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -192,7 +197,7 @@ class Worker:
 
     # -- one job -----------------------------------------------------------------------------
     async def _run(self, gid: str) -> None:
-        async with self.db.write() as s:
+        async with self._claiming, self.db.write() as s:
             gen = await lifecycle.claim(s, gid, self.owner, self.settings.lease_seconds)
         if gen is None:
             return
